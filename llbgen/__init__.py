@@ -1,0 +1,1 @@
+"""llbgen: container image builds written as Python functions, compiled to BuildKit LLB."""
