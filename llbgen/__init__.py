@@ -1,1 +1,15 @@
-"""llbgen: container image builds written as Python functions, compiled to BuildKit LLB."""
+"""llbgen: container image builds written as Python functions, compiled to BuildKit LLB.
+
+Everything an image definition needs is importable from here::
+
+    import llbgen
+
+    def build(ctx: llbgen.BuildContext) -> llbgen.State:
+        base = llbgen.image("debian:trixie@sha256:...", platform=ctx.build_platform)
+        return base.run("make", mounts=[llbgen.bind("/src", llbgen.local("context"))]).root
+"""
+
+from llbgen.llb import *  # noqa: F403  (the public API is the graph library's)
+from llbgen.llb import __all__ as _llb_all
+
+__all__ = list(_llb_all)
