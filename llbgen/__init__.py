@@ -12,4 +12,6 @@ Everything an image definition needs is importable from here::
 from llbgen.llb import *  # noqa: F403  (the public API is the graph library's)
 from llbgen.llb import __all__ as _llb_all
 
-__all__ = list(_llb_all)
+from llbgen.project import BuildContext, ImageDefinition, Project
+
+__all__ = [*_llb_all, "BuildContext", "ImageDefinition", "Project"]

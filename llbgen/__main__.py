@@ -1,0 +1,3 @@
+from llbgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Image definitions: ``images/<name>/image.py`` files, each an ordinary function returning a state.
+
+A definition module provides::
+
+    PLATFORMS = ("linux/amd64", "linux/arm64")   # optional; default: the build platform
+
+    def build(ctx: llbgen.BuildContext) -> llbgen.State: ...
+
+``ctx`` says what is being built (target platform, build platform, build args) and gives access to
+other images of the project (``ctx.image("compilers")``: their state, built into the same graph,
+with nothing pushed in between) and to the pinned base images recorded by the stack bring-up
+(``ctx.base_image("debian:trixie")``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import traceback
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
+from llbgen.llb.location import Location, caller, is_internal
+from llbgen.llb.platform import Platform
+from llbgen.llb.sources import image as image_source
+from llbgen.llb.state import State
+
+DEFINITION_FILE = "image.py"
+DEFAULT_BASES_FILE = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack")) / "bases.json"
+
+
+@attrs.frozen
+class ImageDefinition:
+    name: str
+    path: Path
+    platforms: tuple[Platform, ...]
+    description: str
+    build: Callable[[BuildContext], object]
+
+    def default_platform(self, host: Platform) -> Platform:
+        return host if host in self.platforms or not self.platforms else self.platforms[0]
+
+
+@attrs.frozen
+class BuildContext:
+    """What an image definition is asked to build, and the project it belongs to."""
+
+    target_platform: Platform
+    build_platform: Platform
+    args: Mapping[str, str]
+    project: Project = attrs.field(repr=False)
+
+    @property
+    def is_cross(self) -> bool:
+        """True when the target differs from the platform the build steps run on."""
+        return self.target_platform != self.build_platform
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        return self.args.get(name, default)
+
+    def image(self, name: str, *, platform: Platform | str | None = None) -> State:
+        """Another image of this project, for ``platform`` (default: this target platform)."""
+        target = self.target_platform
+        if platform is not None:
+            target = platform if isinstance(platform, Platform) else Platform.parse(platform)
+        return self.project.state(name, attrs.evolve(self, target_platform=target))
+
+    def base_image(self, name: str, *, platform: Platform | str | None = None) -> State:
+        """A base image by its short name, pinned by digest where the stack bring-up recorded it.
+
+        ``--arg base:NAME=REF`` overrides the recorded reference.
+        """
+        ref = self.args.get(f"base:{name}") or self.project.bases().get(name)
+        if ref is None:
+            raise DefinitionError(
+                f"no pinned reference for base image {name!r}: run scripts/stack-up, which records "
+                f"it in {self.project.bases_file}, or pass --arg base:{name}=REF@sha256:...",
+                caller(),
+            )
+        return image_source(ref, platform=platform or self.target_platform)
+
+
+@attrs.define
+class Project:
+    """The ``images/`` directory of a project, with its definitions loaded on demand."""
+
+    root: Path
+    bases_file: Path = DEFAULT_BASES_FILE
+    _loaded: dict[str, ImageDefinition] = attrs.field(factory=dict, init=False)
+    _states: dict[tuple[object, ...], State | None] = attrs.field(factory=dict, init=False)
+    _bases: dict[str, str] | None = attrs.field(default=None, init=False)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{DEFINITION_FILE}"))
+
+    def definition(self, name: str) -> ImageDefinition:
+        if name not in self._loaded:
+            path = self.root / name / DEFINITION_FILE
+            if not path.is_file():
+                known = ", ".join(self.names()) or f"none: {self.root} has no */{DEFINITION_FILE}"
+                raise UsageError(f"unknown image {name!r}; known images: {known}")
+            self._loaded[name] = _load(name, path)
+        return self._loaded[name]
+
+    def context(
+        self, target: Platform, args: Mapping[str, str], build: Platform | None = None
+    ) -> BuildContext:
+        return BuildContext(target, build or Platform.host(), types.MappingProxyType(dict(args)), self)
+
+    def state(self, name: str, ctx: BuildContext) -> State:
+        """The state image ``name`` builds for ``ctx``; the same object for the same context."""
+        key = (name, ctx.target_platform, ctx.build_platform, tuple(sorted(ctx.args.items())))
+        if key in self._states:
+            state = self._states[key]
+            if state is None:
+                raise DefinitionError(f"image {name!r} depends on itself through ctx.image()", caller())
+            return state
+        self._states[key] = None  # in progress: a second request for it is a cycle
+        try:
+            state = _call(self.definition(name), ctx)
+        except BaseException:
+            del self._states[key]
+            raise
+        self._states[key] = state
+        return state
+
+    def bases(self) -> dict[str, str]:
+        if self._bases is None:
+            try:
+                self._bases = dict(json.loads(self.bases_file.read_text()))
+            except FileNotFoundError:
+                self._bases = {}
+            except (OSError, ValueError) as exc:
+                raise DefinitionError(f"cannot read base image pins from {self.bases_file}: {exc}")
+        return self._bases
+
+
+def _load(name: str, path: Path) -> ImageDefinition:
+    module_name = f"llbgen_images.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise DefinitionError(
+            f"syntax error: {exc.msg}", Location(exc.filename or str(path), exc.lineno or 1)
+        ) from None
+    except LLBGenError:
+        raise
+    except Exception as exc:
+        raise _user_error(exc, path) from None
+    build = getattr(module, "build", None)
+    if not callable(build):
+        raise DefinitionError(
+            f"image {name!r} defines no build(ctx) function", Location(str(path), 1)
+        )
+    try:
+        platforms = tuple(Platform.parse(p) for p in getattr(module, "PLATFORMS", ()))
+    except ValueError as exc:
+        raise DefinitionError(f"PLATFORMS: {exc}", Location(str(path), 1)) from None
+    doc = (module.__doc__ or "").strip().splitlines()
+    return ImageDefinition(name, path, platforms, doc[0] if doc else "", build)
+
+
+def _call(definition: ImageDefinition, ctx: BuildContext) -> State:
+    try:
+        result = definition.build(ctx)
+    except LLBGenError:
+        raise
+    except Exception as exc:
+        raise _user_error(exc, definition.path) from None
+    if not isinstance(result, State):
+        code = definition.build.__code__  # type: ignore[attr-defined]
+        hint = " (use .root of the run step)" if hasattr(result, "root") else ""
+        raise DefinitionError(
+            f"build() of image {definition.name!r} returned {type(result).__name__}, "
+            f"not a llbgen.State{hint}",
+            Location(code.co_filename, code.co_firstlineno),
+        )
+    return result
+
+
+def _user_error(exc: BaseException, path: Path) -> DefinitionError:
+    """The exception, located at the innermost line of the user's code that it passed through."""
+    location = Location(str(path), 1)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if not is_internal(frame.filename):
+            location = Location(frame.filename, frame.lineno or 1)
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return DefinitionError(message, location)
