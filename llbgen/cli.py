@@ -89,7 +89,7 @@ def _ls(project: Project) -> int:
 def _llb(project: Project, ns: argparse.Namespace) -> int:
     args = parse_build_args(ns.arg)
     definition = project.definition(ns.image)
-    if ns.platform:
+    if ns.platform is not None:
         platforms = parse_platforms(ns.platform)
         if len(platforms) != 1:
             raise UsageError("llb writes one definition per platform: pass a single --platform")

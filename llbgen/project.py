@@ -180,7 +180,7 @@ def _call(definition: ImageDefinition, ctx: BuildContext) -> State:
     except Exception as exc:
         raise _user_error(exc, definition.path) from None
     if not isinstance(result, State):
-        code = definition.build.__code__  # type: ignore[attr-defined]
+        code = definition.build.__code__
         hint = " (use .root of the run step)" if hasattr(result, "root") else ""
         raise DefinitionError(
             f"build() of image {definition.name!r} returned {type(result).__name__}, "

@@ -126,7 +126,7 @@ def _file_action(action: ops_pb2.FileAction) -> dict[str, Any]:
     }
 
 
-def _field(message: Message, field: FieldDescriptor) -> Any:
+def _field(message: Message, field: Any) -> Any:
     """A field's JSON value, or None where Go's ``omitempty`` leaves it out."""
     value = getattr(message, field.name)
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -148,7 +148,7 @@ def _field(message: Message, field: FieldDescriptor) -> Any:
     return _scalar(field, value) if value else None
 
 
-def _scalar(field: FieldDescriptor, value: Any) -> Any:
+def _scalar(field: Any, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_BYTES:
         return base64.b64encode(value).decode()
     return value
