@@ -14,6 +14,7 @@ with nothing pushed in between) and to the pinned base images recorded by the st
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -95,6 +96,11 @@ class Project:
     _loaded: dict[str, ImageDefinition] = attrs.field(factory=dict, init=False)
     _states: dict[tuple[object, ...], State | None] = attrs.field(factory=dict, init=False)
     _bases: dict[str, str] | None = attrs.field(default=None, init=False)
+
+    @property
+    def local_unique_id(self) -> str:
+        """Stable per project, so the daemon reuses its copy of local sources from run to run."""
+        return "llbgen-" + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

@@ -72,3 +72,39 @@ def buildctl() -> Callable[..., subprocess.CompletedProcess[bytes]]:
         return subprocess.run([exe, *args], input=stdin, capture_output=True, timeout=60)
 
     return run
+
+
+STACK_DIR = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack"))
+
+
+def _stack_env() -> dict[str, str]:
+    env_file = STACK_DIR / "stack.env"
+    if not env_file.exists() or not (STACK_DIR / "bases.json").exists():
+        pytest.fail(f"the BuildKit stack is not up ({env_file}): run scripts/stack-up (scripts/test does)")
+    values = {}
+    for line in env_file.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict[str, str]:
+    """The environment of the stack's daemon and registry; fails when scripts/stack-up has not run."""
+    values = _stack_env()
+    probe = subprocess.run(
+        ["buildctl", "--addr", values["BUILDKIT_HOST"], "debug", "workers"], capture_output=True, timeout=30
+    )
+    if probe.returncode != 0:
+        pytest.fail(f"buildkitd at {values['BUILDKIT_HOST']} does not answer: run scripts/stack-up")
+    return values
+
+
+@pytest.fixture
+def project(tmp_path: Path, stack: dict[str, str]) -> Cli:
+    """A project with the repository's images, building on the stack's daemon with its base pins."""
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "images", root / "images")
+    env = dict(os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"])
+    return Cli(root, env)

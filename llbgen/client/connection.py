@@ -1,0 +1,198 @@
+"""Connecting to a BuildKit daemon: addresses, TLS, ``docker-container://``, and the first probe.
+
+Addresses are those of buildctl's ``--addr`` / ``BUILDKIT_HOST``: ``unix:///path``, ``tcp://host:port``
+(with TLS when certificates are given) and ``docker-container://NAME`` (through
+``docker exec -i NAME buildctl dial-stdio``, one exec per connection).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import grpc
+
+from llbgen.llb.errors import LLBGenError, UsageError
+from llbgen.llb.platform import Platform
+from llbgen.pb import control_pb2, control_pb2_grpc, gateway_pb2_grpc
+from llbgen.session.core import GRPC_OPTIONS
+
+PROBE_TIMEOUT = 10.0
+
+
+class ConnectionError(LLBGenError):
+    """The daemon cannot be reached or used; the message says why and what to do."""
+
+
+@attrs.frozen
+class TLSConfig:
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.ca, self.cert, self.key, self.server_name))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca, "CA certificate"),
+            private_key=read(self.key, "key"),
+            certificate_chain=read(self.cert, "certificate"),
+        )
+
+
+@attrs.frozen
+class DaemonInfo:
+    version: str
+    platforms: tuple[Platform, ...]
+
+
+class Connection:
+    """A gRPC channel to one daemon, with the stubs llbgen uses."""
+
+    def __init__(self, address: str, tls: TLSConfig = TLSConfig()) -> None:
+        self.address = address
+        self._bridge: _StdioBridge | None = None
+        url = urlsplit(address)
+        options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+        if url.scheme == "unix":
+            path = url.path or url.netloc
+            self.channel = grpc.insecure_channel(f"unix:{path}", options=options)
+        elif url.scheme == "tcp":
+            if not url.hostname or not url.port:
+                raise UsageError(f"invalid address {address!r}: expected tcp://HOST:PORT")
+            target = f"{url.hostname}:{url.port}"
+            if tls.enabled:
+                if tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", tls.server_name))
+                self.channel = grpc.secure_channel(target, tls.credentials(), options=options)
+            else:
+                self.channel = grpc.insecure_channel(target, options=options)
+        elif url.scheme == "docker-container":
+            name = url.netloc or url.path.lstrip("/")
+            self._bridge = _StdioBridge(["docker", "exec", "-i", name, "buildctl", "dial-stdio"])
+            self.channel = grpc.insecure_channel(f"unix:{self._bridge.path}", options=options)
+        else:
+            raise UsageError(
+                f"unsupported address {address!r}: use unix:///PATH, tcp://HOST:PORT or docker-container://NAME"
+            )
+        self.control = control_pb2_grpc.ControlStub(self.channel)  # type: ignore[no-untyped-call]
+        self.bridge = gateway_pb2_grpc.LLBBridgeStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> DaemonInfo:
+        """Asks the daemon who it is and what it builds for; a clear error within ``timeout``."""
+        try:
+            info = self.control.Info(control_pb2.InfoRequest(), timeout=timeout)
+            workers = self.control.ListWorkers(control_pb2.ListWorkersRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self.explain(exc) from None
+        platforms: list[Platform] = []
+        for worker in workers.record:
+            for p in worker.platforms:
+                platform = Platform(p.OS, p.Architecture, p.Variant).normalized()
+                if platform not in platforms:
+                    platforms.append(platform)
+        return DaemonInfo(info.buildkitVersion.version, tuple(platforms))
+
+    def explain(self, exc: grpc.RpcError) -> ConnectionError:
+        code, details = exc.code(), exc.details() or ""
+        lowered = details.lower()
+        if "ssl" in lowered or "tls" in lowered or "handshake" in lowered or "certificate" in lowered:
+            return ConnectionError(f"TLS connection to BuildKit at {self.address} failed: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ConnectionError(
+                f"BuildKit at {self.address} did not answer within {PROBE_TIMEOUT:.0f}s; "
+                "check the address and that the daemon is healthy"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if self._bridge is not None and self._bridge.last_error:
+                details = self._bridge.last_error
+            return ConnectionError(
+                f"cannot reach BuildKit at {self.address}: {details.splitlines()[0] if details else code.name}. "
+                "Is buildkitd running there? (scripts/stack-up starts one; without --addr/BUILDKIT_HOST "
+                "llbgen starts its own)"
+            )
+        return ConnectionError(f"BuildKit at {self.address} refused the request: {code.name}: {details}")
+
+    def close(self) -> None:
+        self.channel.close()
+        if self._bridge is not None:
+            self._bridge.close()
+
+
+class _StdioBridge:
+    """A unix socket whose every connection is piped to a new ``buildctl dial-stdio`` process."""
+
+    def __init__(self, argv: list[str]) -> None:
+        if shutil.which(argv[0]) is None:
+            raise UsageError(f"docker-container:// addresses need the {argv[0]!r} command on PATH")
+        self._argv = argv
+        self._dir = Path(tempfile.mkdtemp(prefix="llbgen-dial-"))
+        self.path = self._dir / "dial.sock"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen()
+        self.last_error = ""
+        threading.Thread(target=self._accept, daemon=True, name="dial-stdio").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        proc = subprocess.Popen(
+            self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+        def upstream() -> None:
+            try:
+                while data := conn.recv(65536):
+                    stdin.write(data)
+                    stdin.flush()
+            except OSError:
+                pass
+            finally:
+                try:
+                    stdin.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=upstream, daemon=True).start()
+        try:
+            while data := os.read(stdout.fileno(), 65536):
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            proc.wait()
+            if proc.returncode:
+                self.last_error = stderr.read().decode(errors="replace").strip()
+
+    def close(self) -> None:
+        self._listener.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,160 @@
+"""``llbgen build``: from image definitions to a finished build, with progress and clear failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+
+from llbgen.client.build import (
+    BuildFailed,
+    BuildRequest,
+    Target,
+    local_dirs_needed,
+    resolve_locals,
+    run_build,
+)
+from llbgen.client.connection import Connection, ConnectionError, TLSConfig
+from llbgen.client.daemon import EmbeddedDaemon
+from llbgen.client.imageconfig import image_config
+from llbgen.client.outputs import CacheOption, Output
+from llbgen.llb.definition import Definition, marshal
+from llbgen.llb.errors import LLBGenError
+from llbgen.llb.platform import Platform
+from llbgen.pb import ops_pb2
+from llbgen.progress import StatusTracker, failure_summary, make_printer
+from llbgen.project import Project
+from llbgen.session.auth import Auth
+from llbgen.session.core import Service
+from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamTarget
+from llbgen.session.secrets import SecretSource, Secrets
+from llbgen.session.sshforward import SSHForwarder
+
+
+@attrs.frozen
+class BuildOptions:
+    image: str
+    platforms: Sequence[Platform] | None = None
+    args: Mapping[str, str] = attrs.field(factory=dict)
+    outputs: Sequence[Output] = ()
+    cache_to: Sequence[CacheOption] = ()
+    cache_from: Sequence[CacheOption] = ()
+    no_cache: bool = False
+    progress: str = "auto"
+    secrets: Mapping[str, SecretSource] = attrs.field(factory=dict)
+    ssh: Mapping[str, Path] = attrs.field(factory=dict)
+    locals: Mapping[str, Path] = attrs.field(factory=dict)
+    allow: Sequence[str] = ()
+    address: str | None = None
+    tls: TLSConfig = TLSConfig()
+
+
+def connect(address: str | None, tls: TLSConfig) -> Connection:
+    """``--addr``, else ``$BUILDKIT_HOST``, else llbgen's own daemon (started if needed)."""
+    address = address or os.environ.get("BUILDKIT_HOST") or EmbeddedDaemon.default().ensure_running()
+    return Connection(address, tls)
+
+
+def build(project: Project, options: BuildOptions) -> dict[str, str]:
+    connection = connect(options.address, options.tls)
+    try:
+        info = connection.probe()
+        native = info.platforms[0] if info.platforms else Platform.host()
+        definition = project.definition(options.image)
+        platforms = list(options.platforms or [definition.default_platform(native)])
+        missing = [p for p in platforms if p not in info.platforms]
+        if missing:
+            raise ConnectionError(
+                f"BuildKit at {connection.address} cannot build for {', '.join(map(str, missing))}: its "
+                f"workers support {', '.join(map(str, info.platforms))}. Emulated platforms need QEMU "
+                "registered in binfmt_misc (qemu-user-static) before buildkitd starts"
+            )
+        targets = []
+        for platform in platforms:
+            state = project.state(options.image, project.context(platform, options.args, native))
+            result = marshal(state, platform=platform, local_unique_id=project.local_unique_id)
+            if not result.ops:
+                raise LLBGenError(f"image {options.image!r} is empty (scratch): there is nothing to build")
+            targets.append(Target(platform, result, image_config(state, platform)))
+        definitions = [t.definition for t in targets]
+        dirs = resolve_locals(local_dirs_needed(definitions), options.locals, Path.cwd())
+        request = BuildRequest(
+            targets=targets,
+            outputs=options.outputs,
+            cache_to=options.cache_to,
+            cache_from=options.cache_from,
+            no_cache=options.no_cache,
+            entitlements=sorted(set(options.allow) | entitlements_used(definitions)),
+            # what the exporters check the result against, as buildx sends it
+            frontend_attrs={"platform": ",".join(str(p) for p in platforms)},
+            shared_key=project.local_unique_id,
+        )
+        services: list[Service] = [
+            FileSync(dirs),
+            FileSend(_export_targets(options.outputs)),
+            Auth(),
+            Secrets(options.secrets),
+            SSHForwarder(options.ssh),
+        ]
+        # The failure summary (below) shows the failed step's log, so the printer does not.
+        printer = make_printer(options.progress, sys.stderr, error_logs=False)
+        try:
+            return run_build(connection, request, services, printer.update)
+        except BuildFailed as exc:
+            printer.close()
+            raise LLBGenError(_explain_failure(exc, printer.tracker, definitions)) from None
+        finally:
+            printer.close()
+    finally:
+        connection.close()
+
+
+def entitlements_used(definitions: Sequence[Definition]) -> set[str]:
+    """Entitlements the graphs need: host networking and privileged steps, as they declare."""
+    needed = set()
+    for definition in definitions:
+        for data in definition.ops:
+            op = ops_pb2.Op.FromString(data)
+            if op.WhichOneof("op") == "exec":
+                if op.exec.network == ops_pb2.HOST:
+                    needed.add("network.host")
+                if op.exec.security == ops_pb2.INSECURE:
+                    needed.add("security.insecure")
+    return needed
+
+
+def _export_targets(outputs: Sequence[Output]) -> dict[int, DirectoryTarget | StreamTarget]:
+    targets: dict[int, DirectoryTarget | StreamTarget] = {}
+    for index, output in enumerate(outputs):
+        if output.dest is None:
+            continue
+        if output.type == "local":
+            targets[index] = DirectoryTarget(Path(output.dest))
+        else:
+            targets[index] = StreamTarget(_opener(output.dest))
+    return targets
+
+
+def _opener(dest: str) -> Callable[[], BinaryIO]:
+    def open_dest() -> BinaryIO:
+        if dest == "-":
+            return sys.stdout.buffer
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        return open(dest, "wb")
+
+    return open_dest
+
+
+def _explain_failure(exc: BuildFailed, tracker: StatusTracker, definitions: Sequence[Definition]) -> str:
+    locations: dict[str, str] = {}
+    for definition in definitions:
+        for digest, where in definition.locations.items():
+            locations.setdefault(digest, str(where[0]))
+    summary = failure_summary(tracker, locations)
+    return summary or exc.message
+
+
