@@ -285,3 +285,31 @@ def build(ctx):
     )  # fmt: skip
     assert imported.code == 0, imported.stderr
     assert step_lines(imported.stderr, "> /stamp")[-1].split()[1] == "CACHED"
+
+
+def test_docker_container_address_goes_through_dial_stdio(project: Cli, stack: dict[str, str], tmp_path: Path) -> None:
+    """docker-container://NAME runs 'docker exec -i NAME buildctl dial-stdio' per connection.
+
+    There is no Docker engine here, so a stand-in 'docker' checks the arguments and runs the same
+    'buildctl dial-stdio' against the stack's daemon: the bytes take the real path.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.log"
+    docker = bin_dir / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        '[ "$1 $2 $3 $4 $5" = "exec -i buildkitd-box buildctl dial-stdio" ] || exit 64\n'
+        f'exec buildctl --addr {stack["BUILDKIT_HOST"]} dial-stdio\n'
+    )
+    docker.chmod(0o755)
+    project.env["PATH"] = f"{bin_dir}{os.pathsep}{project.env['PATH']}"
+    project.write_image("file", "import llbgen\ndef build(ctx):\n    return llbgen.scratch().file(llbgen.mkfile('/a', 0o644, 'via dial-stdio'))\n")
+    result = project(
+        "build", "file", "--addr", "docker-container://buildkitd-box", "--progress", "plain",
+        "--output", f"type=local,dest={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "out/a").read_text() == "via dial-stdio"
+    assert "exec -i buildkitd-box buildctl dial-stdio" in log.read_text()

@@ -23,7 +23,7 @@ from llbgen.client.daemon import EmbeddedDaemon
 from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import CacheOption, Output
 from llbgen.llb.definition import Definition, marshal
-from llbgen.llb.errors import LLBGenError
+from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import ops_pb2
 from llbgen.progress import StatusTracker, failure_summary, make_printer
@@ -101,7 +101,10 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             SSHForwarder(options.ssh),
         ]
         # The failure summary (below) shows the failed step's log, so the printer does not.
-        printer = make_printer(options.progress, sys.stderr, error_logs=False)
+        try:
+            printer = make_printer(options.progress, sys.stderr, error_logs=False)
+        except ValueError as exc:
+            raise UsageError(f"--progress {options.progress}: {exc}") from None
         try:
             return run_build(connection, request, services, printer.update)
         except BuildFailed as exc:

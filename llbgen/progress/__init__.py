@@ -19,9 +19,7 @@ else plain). Printers only print what the daemon sends.
 from __future__ import annotations
 
 import os
-from typing import Protocol, TextIO
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from llbgen.pb import control_pb2
 from llbgen.progress.plain import PlainPrinter
@@ -35,7 +33,11 @@ from llbgen.progress.tracker import (
     VertexInfo,
     WarningInfo,
 )
-from llbgen.progress.tty import TtyPrinter
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from llbgen.progress.tty import TtyPrinter
 
 MODES = ("auto", "tty", "plain", "rawjson")
 
@@ -98,7 +100,17 @@ def make_printer(
     if mode == "tty":
         if console is None and not is_terminal(stream):
             raise ValueError("progress mode tty needs a terminal; use plain or rawjson")
+        from llbgen.progress.tty import TtyPrinter  # rich costs a fifth of llbgen's start-up
+
         return TtyPrinter(stream, console=console, tracker=tracker, error_logs=error_logs)
     if mode == "rawjson":
         return RawJSONPrinter(stream, tracker=tracker)
     raise ValueError(f"unknown progress mode {mode!r}: use one of {', '.join(MODES)}")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TtyPrinter":
+        from llbgen.progress.tty import TtyPrinter
+
+        return TtyPrinter
+    raise AttributeError(name)

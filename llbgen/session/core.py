@@ -24,10 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from llbgen.pb import control_pb2, control_pb2_grpc
 
 _CHUNK = 32 * 1024
+_COALESCE = 1 << 20
 _HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 << 20),
     ("grpc.max_receive_message_length", 16 << 20),
+    # The daemon's error trailers carry Go stack traces; with the 8 KiB default a failed solve
+    # would surface as a bare RST_STREAM instead of its message.
+    ("grpc.max_metadata_size", 1 << 20),
 ]
 
 
@@ -91,11 +95,24 @@ class Session:
         while True:
             try:
                 data = conn.recv(_CHUNK)
+                if not data:
+                    return
+                # Send what has already arrived as one message: fewer, larger messages are what
+                # makes file transfers fast, since each gRPC message has a fixed cost.
+                chunks = [data]
+                size = len(data)
+                while size < _COALESCE:
+                    try:
+                        more = conn.recv(_COALESCE - size, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    if not more:
+                        break
+                    chunks.append(more)
+                    size += len(more)
             except OSError:
                 return
-            if not data:
-                return
-            yield control_pb2.BytesMessage(data=data)
+            yield control_pb2.BytesMessage(data=b"".join(chunks) if len(chunks) > 1 else data)
 
     def _incoming(self, call: Iterator[control_pb2.BytesMessage], conn: socket.socket) -> None:
         try:

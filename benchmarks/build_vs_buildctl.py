@@ -1,0 +1,154 @@
+"""llbgen build vs buildctl, side by side in one run, on the stack's daemon (scripts/stack-up).
+
+upload:  the first transfer of a 10,000-file / 200 MB context. Both tools solve the same LLB
+         (printed by ``llbgen llb``), on a private buildkitd whose cache is pruned before each run.
+rebuild: a fully cached rebuild of images/hello, by llbgen and by buildctl with the equivalent
+         Dockerfile, on the stack's daemon. Wall time of the whole command.
+
+Usage: .venv/bin/python benchmarks/build_vs_buildctl.py [upload|rebuild|all] [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack"))
+LLBGEN = [sys.executable, "-m", "llbgen"]
+# Time what users run: with cached bytecode, whatever this shell says.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+UPLOAD_IMAGE = """
+import llbgen
+
+def build(ctx):
+    files = llbgen.local("ctx")
+    return llbgen.scratch().file(llbgen.copy(files, "/", "/", contents_only=True))
+"""
+
+
+def timed(argv: list[str], **kwargs: object) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - start
+
+
+def report(name: str, ours: list[float], theirs: list[float], target: float) -> None:
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"{name}: llbgen median {a:.2f}s (runs {', '.join(f'{t:.2f}' for t in ours)})")
+    print(f"{name}: buildctl median {b:.2f}s (runs {', '.join(f'{t:.2f}' for t in theirs)})")
+    print(f"{name}: ratio llbgen/buildctl = {a / b:.2f} (target <= {target})")
+
+
+def make_context(root: Path, files: int = 10_000, total: int = 200 << 20) -> None:
+    size = total // files
+    chunk = os.urandom(size)
+    for i in range(files):
+        sub = root / f"d{i // 250:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:05d}.bin").write_bytes(chunk[i % 97 :] + chunk[: i % 97])
+
+
+def upload(runs: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
+    daemon = None
+    try:
+        project = work / "project"
+        (project / "images" / "upload").mkdir(parents=True)
+        (project / "images" / "upload" / "image.py").write_text(UPLOAD_IMAGE)
+        ctx = work / "ctx"
+        make_context(ctx)
+        state = work / "bk"
+        address = f"unix://{state}/buildkitd.sock"
+        state.mkdir()
+        daemon = subprocess.Popen(
+            ["buildkitd", "--addr", address, "--root", str(state / "root"), "--config", str(STACK / "buildkitd.toml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(100):
+            if subprocess.run(["buildctl", "--addr", address, "debug", "workers"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        definition = work / "upload.pb"
+        with open(definition, "wb") as out:
+            subprocess.run(LLBGEN + ["llb", "upload", "--platform", "linux/amd64"], cwd=project, stdout=out, check=True)
+        env = dict(os.environ, BUILDKIT_HOST=address)
+        prune = ["buildctl", "--addr", address, "prune", "--all"]
+        ours, theirs = [], []
+        for _ in range(runs):
+            subprocess.run(prune, check=True, capture_output=True)
+            ours.append(
+                timed(LLBGEN + ["build", "upload", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain"], cwd=project, env=env)
+            )
+            subprocess.run(prune, check=True, capture_output=True)
+            theirs.append(
+                timed(["buildctl", "--addr", address, "build", "--local", f"ctx={ctx}", "--progress", "plain"], stdin=open(definition, "rb"))
+            )
+        report("upload 10,000 files / 200 MB", ours, theirs, 1.5)
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+DOCKERFILE = """\
+FROM {base}
+COPY images/hello/greeting.txt /usr/share/hello/greeting.txt
+COPY --chmod=755 <<'EOF' /usr/local/bin/hello
+{script}EOF
+RUN sh -c 'uname -m > /usr/share/hello/arch'
+ENV LANG=C.UTF-8
+ENTRYPOINT ["/usr/local/bin/hello"]
+LABEL org.opencontainers.image.title=hello
+"""
+
+
+def rebuild(runs: int) -> None:
+    env_values = dict(line.split("=", 1) for line in (STACK / "stack.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    address = env_values["BUILDKIT_HOST"]
+    base = json.loads((STACK / "bases.json").read_text())["debian:trixie"]
+    sys.path.insert(0, str(ROOT / "images" / "hello"))
+    script = __import__("image").SCRIPT
+    work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
+    try:
+        (work / "Dockerfile").write_text(DOCKERFILE.format(base=base, script=script))
+        env = dict(os.environ, BUILDKIT_HOST=address)
+        ours_cmd = LLBGEN + ["build", "hello", "--platform", "linux/amd64", "--progress", "plain"]
+        theirs_cmd = [
+            "buildctl", "--addr", address, "build", "--frontend", "dockerfile.v0",
+            "--local", f"context={ROOT}", "--local", f"dockerfile={work}", "--opt", "platform=linux/amd64",
+            "--progress", "plain",
+        ]  # fmt: skip
+        timed(ours_cmd, cwd=ROOT, env=env)  # warm both caches
+        timed(theirs_cmd)
+        ours = [timed(ours_cmd, cwd=ROOT, env=env) for _ in range(runs)]
+        theirs = [timed(theirs_cmd) for _ in range(runs)]
+        report("cached rebuild of hello", ours, theirs, 1.2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", nargs="?", choices=("upload", "rebuild", "all"), default="all")
+    parser.add_argument("--runs", type=int, default=5)
+    ns = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, buildctl {subprocess.run(['buildctl', '--version'], capture_output=True, text=True).stdout.split()[2]}")
+    if ns.which in ("upload", "all"):
+        upload(ns.runs)
+    if ns.which in ("rebuild", "all"):
+        rebuild(ns.runs)
+
+
+if __name__ == "__main__":
+    main()
