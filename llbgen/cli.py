@@ -63,8 +63,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "-o", "--output", action="append", default=[], metavar="SPEC",
         help="type=image,name=REF[,push=true] | type=oci|docker,dest=FILE | type=tar,dest=FILE|- | type=local,dest=DIR",
     )
-    build.add_argument("--cache-to", action="append", default=[], metavar="SPEC", help="type=registry,ref=REF[,mode=max] | type=inline")
-    build.add_argument("--cache-from", action="append", default=[], metavar="SPEC", help="type=registry,ref=REF")
+    build.add_argument(
+        "--cache-to", action="append", default=[], metavar="SPEC",
+        help="type=registry,ref=REF[,mode=max] | type=local,dest=DIR[,mode=max] | type=inline",
+    )
+    build.add_argument(
+        "--cache-from", action="append", default=[], metavar="SPEC", help="type=registry,ref=REF | type=local,src=DIR"
+    )
     build.add_argument("--no-cache", action="store_true", help="run every step again")
     build.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default="auto")
     build.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR")

@@ -70,8 +70,14 @@ class CacheOption:
         if kind == "registry" and not fields.get("ref"):
             raise UsageError(f"{flag} type=registry needs ref=REF")
         if kind == "local":
-            raise UsageError(
-                f"{flag} type=local is not supported yet (it needs the session content store); "
-                "use type=registry with the local registry, or type=inline"
-            )
+            # A directory served to the daemon as a content store (llbgen.session.content).
+            from llbgen.session.content import parse_go_bool
+
+            key = "src" if flag == "--cache-from" else "dest"
+            if not fields.get(key):
+                raise UsageError(f"{flag} type=local needs {key}=DIR")
+            if key == "src" and "tag" in fields and not fields["tag"] and not fields.get("digest"):
+                raise UsageError(f"{flag} type=local needs digest= or a non-empty tag= (default latest)")
+            if key == "dest" and "reset" in fields and parse_go_bool(fields["reset"]) is None:
+                raise UsageError(f"{flag} reset={fields['reset']!r}: expected true or false")
         return cls(kind, fields)

@@ -29,6 +29,7 @@ from llbgen.pb import ops_pb2
 from llbgen.progress import StatusTracker, failure_summary, make_printer
 from llbgen.project import Project
 from llbgen.session.auth import Auth
+from llbgen.session.content import LocalCacheError, LocalCaches
 from llbgen.session.core import Service
 from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamTarget
 from llbgen.session.secrets import SecretSource, Secrets
@@ -82,11 +83,25 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             targets.append(Target(platform, result, image_config(state, platform)))
         definitions = [t.definition for t in targets]
         dirs = resolve_locals(local_dirs_needed(definitions), options.locals, Path.cwd())
+        # Local cache directories: served as content stores; imports resolved to a digest now.
+        caches = LocalCaches()
+        cache_from: list[CacheOption] = []
+        try:
+            for option in options.cache_to:
+                if option.type == "local":
+                    caches.add_export(option.attrs)
+            for option in options.cache_from:
+                resolved = caches.add_import(option.attrs) if option.type == "local" else dict(option.attrs)
+                if resolved is not None:
+                    cache_from.append(CacheOption(option.type, resolved))
+        except LocalCacheError as exc:
+            raise LLBGenError(str(exc)) from None
+        _warn(caches)
         request = BuildRequest(
             targets=targets,
             outputs=options.outputs,
             cache_to=options.cache_to,
-            cache_from=options.cache_from,
+            cache_from=cache_from,
             no_cache=options.no_cache,
             entitlements=sorted(set(options.allow) | entitlements_used(definitions)),
             # what the exporters check the result against, as buildx sends it
@@ -100,20 +115,35 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             Secrets(options.secrets),
             SSHForwarder(options.ssh),
         ]
+        content = caches.service()
+        if content is not None:
+            services.append(content)
         # The failure summary (below) shows the failed step's log, so the printer does not.
         try:
             printer = make_printer(options.progress, sys.stderr, error_logs=False)
         except ValueError as exc:
             raise UsageError(f"--progress {options.progress}: {exc}") from None
         try:
-            return run_build(connection, request, services, printer.update)
+            response = run_build(connection, request, services, printer.update)
         except BuildFailed as exc:
             printer.close()
             raise LLBGenError(_explain_failure(exc, printer.tracker, definitions)) from None
         finally:
             printer.close()
+        try:
+            caches.finish(response)  # index.json of --cache-to type=local directories
+        except LocalCacheError as exc:
+            raise LLBGenError(str(exc)) from None
+        _warn(caches)
+        return response
     finally:
         connection.close()
+
+
+def _warn(caches: LocalCaches) -> None:
+    for warning in caches.warnings:
+        print(f"llbgen: warning: {warning}", file=sys.stderr)
+    caches.warnings.clear()
 
 
 def entitlements_used(definitions: Sequence[Definition]) -> set[str]:
