@@ -187,7 +187,12 @@ def _explain_failure(exc: BuildFailed, tracker: StatusTracker, definitions: Sequ
     for definition in definitions:
         for digest, where in definition.locations.items():
             locations.setdefault(digest, str(where[0]))
-    summary = failure_summary(tracker, locations)
-    return summary or exc.message
+    report = failure_summary(tracker, locations) or exc.message
+    if "401 Unauthorized" in report or "403 Forbidden" in report:
+        report += (
+            "\nthe registry refused the credentials: set <P>_USERNAME and <P>_PASSWORD (P is DOCKER_HUB, "
+            "QUAY or ANY_REGISTRY) or log in with docker's config.json"
+        )
+    return report
 
 
