@@ -22,6 +22,7 @@ from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
+from llbgen.structure import cli as structure_cli
 
 
 T = TypeVar("T")
@@ -78,6 +79,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     build.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT", help="e.g. network.host, security.insecure")
     build.add_argument("--metadata-file", type=Path, help="write the build result (image digest...) as JSON to this file")
     _connection_flags(build)
+
+    structure_cli.add_parser(commands)
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ls(project)
         if ns.command == "build":
             return _build(project, ns)
+        if ns.command == "test":
+            return structure_cli.run(project, ns)
         if ns.command == "daemon":
             return _daemon(ns.action)
         return _llb(project, ns)

@@ -1,0 +1,243 @@
+"""Running an image's structure tests on BuildKit: one solve for every check on every platform.
+
+The checks of each target platform are compiled into one results state; the results of all
+platforms are built in a single multi-platform solve (``llbgen build``'s own path, so the image's
+steps, their digests and their cache are shared with ``llbgen build``), exported to a temporary
+directory, and judged in Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import tempfile
+import traceback
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from llbgen.client.connection import TLSConfig
+from llbgen.client.outputs import Output
+from llbgen.client.run import BuildOptions, build
+from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
+from llbgen.llb.location import Location, is_internal
+from llbgen.llb.platform import Platform
+from llbgen.llb.state import State
+from llbgen.project import BuildContext, ImageDefinition, Project
+from llbgen.session.secrets import SecretSource
+from llbgen.structure.compiler import RESULTS, CompiledSuite, compile_checks
+from llbgen.structure.evaluate import Outcome, evaluate, read_outcome
+from llbgen.structure.spec import CHECK_TYPES, Check
+
+TESTS_FILE = "tests.py"
+#: The pinned base whose shell and tools run the checks (``--arg base:debian:trixie=REF`` moves it).
+HELPER_BASE = "debian:trixie"
+
+
+@attrs.frozen
+class TestSuite:
+    """The structure tests an image declares in ``images/<name>/tests.py``."""
+
+    image: str
+    path: Path
+    checks: Callable[[BuildContext], Sequence[Check]]
+
+
+@attrs.frozen
+class CheckResult:
+    check: Check
+    platform: Platform
+    outcome: Outcome
+    problems: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@attrs.frozen
+class TestOptions:
+    image: str
+    platforms: Sequence[Platform] | None = None
+    args: Mapping[str, str] = attrs.field(factory=dict)
+    #: Only the checks whose name this regular expression matches (``re.search``).
+    select: str | None = None
+    no_cache: bool = False
+    progress: str = "auto"
+    secrets: Mapping[str, SecretSource] = attrs.field(factory=dict)
+    ssh: Mapping[str, Path] = attrs.field(factory=dict)
+    locals: Mapping[str, Path] = attrs.field(factory=dict)
+    allow: Sequence[str] = ()
+    address: str | None = None
+    tls: TLSConfig = TLSConfig()
+
+
+def load_suite(project: Project, image: str) -> TestSuite:
+    """The tests of ``image``: ``tests(ctx)`` (a list per target platform) or a ``TESTS`` list."""
+    definition = project.definition(image)
+    path = definition.path.parent / TESTS_FILE
+    if not path.is_file():
+        raise UsageError(
+            f"image {image!r} has no structure tests: write {path} with a tests(ctx) function "
+            "returning llbgen.structure checks (see 'llbgen test --help')"
+        )
+    module = _load_module(f"llbgen_tests.{image}", path)
+    declared = getattr(module, "tests", None)
+    if callable(declared):
+        return TestSuite(image, path, declared)
+    listed = getattr(module, "TESTS", None)
+    if isinstance(listed, (list, tuple)):
+        checks = tuple(listed)
+        return TestSuite(image, path, lambda ctx: checks)
+    raise DefinitionError(
+        f"{TESTS_FILE} of image {image!r} defines neither tests(ctx) nor a TESTS list", Location(str(path), 1)
+    )
+
+
+def _load_module(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise DefinitionError(
+            f"syntax error: {exc.msg}", Location(exc.filename or str(path), exc.lineno or 1)
+        ) from None
+    except LLBGenError:
+        raise
+    except Exception as exc:
+        raise _located(exc, path) from None
+    return module
+
+
+def _located(exc: BaseException, path: Path) -> DefinitionError:
+    """``exc`` as a DefinitionError at the innermost line of the user's code it passed through."""
+    location = Location(str(path), 1)
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if not is_internal(frame.filename):
+            location = Location(frame.filename, frame.lineno or 1)
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return DefinitionError(message, location)
+
+
+def checks_for(suite: TestSuite, ctx: BuildContext, select: str | None = None) -> list[Check]:
+    """The suite's checks for ``ctx``'s target platform, validated, optionally filtered by name."""
+    try:
+        declared = suite.checks(ctx)
+    except LLBGenError:
+        raise
+    except Exception as exc:
+        raise _located(exc, suite.path) from None
+    where = Location(str(suite.path), 1)
+    if isinstance(declared, (str, bytes)) or not isinstance(declared, Sequence):
+        raise DefinitionError(
+            f"tests(ctx) of image {suite.image!r} must return a list of checks, not {type(declared).__name__}",
+            where,
+        )
+    names: set[str] = set()
+    for check in declared:
+        if not isinstance(check, CHECK_TYPES):
+            raise DefinitionError(
+                f"tests of image {suite.image!r}: {check!r} is not a CommandTest, FileExistenceTest "
+                "or FileContentTest",
+                where,
+            )
+        if check.name in names:
+            raise DefinitionError(
+                f"tests of image {suite.image!r}: two checks are named {check.name!r}", where
+            )
+        names.add(check.name)
+    checks = list(declared)
+    if select is not None:
+        checks = [c for c in checks if re.search(select, c.name)]
+    return checks
+
+
+@attrs.define
+class _SuiteProject(Project):
+    """The project plus one pseudo-image: the compiled structure tests of ``suite.image``."""
+
+    suite: TestSuite | None = attrs.field(default=None, kw_only=True)
+    select: str | None = attrs.field(default=None, kw_only=True)
+    compiled: dict[Platform, CompiledSuite] = attrs.field(factory=dict, kw_only=True)
+
+    @property
+    def pseudo(self) -> str:
+        assert self.suite is not None
+        return f"{self.suite.image} (structure tests)"
+
+    def definition(self, name: str) -> ImageDefinition:
+        if self.suite is not None and name == self.pseudo:
+            return attrs.evolve(super().definition(self.suite.image), name=name)
+        return super().definition(name)
+
+    def state(self, name: str, ctx: BuildContext) -> State:
+        if self.suite is None or name != self.pseudo:
+            return super().state(name, ctx)
+        # The same context `llbgen build` uses, so the image's steps are the same ops.
+        image = super().state(self.suite.image, ctx)
+        checks = checks_for(self.suite, ctx, self.select)
+        if not checks:
+            what = f"match {self.select!r}" if self.select else "are declared"
+            raise UsageError(
+                f"no structure tests of image {self.suite.image!r} {what} for {ctx.target_platform}"
+            )
+        compiled = compile_checks(
+            image, checks, helper=ctx.base_image(HELPER_BASE), platform=ctx.target_platform
+        )
+        self.compiled[ctx.target_platform] = compiled
+        return compiled.results
+
+
+def run_tests(project: Project, options: TestOptions) -> list[CheckResult]:
+    """Builds and runs every check on every platform; the results in declaration order.
+
+    Platforms: ``options.platforms``, else all the image's ``PLATFORMS`` (else the daemon's).
+    Raises LLBGenError when the image (or the harness) cannot be built; failing checks do not.
+    """
+    if options.select is not None:
+        try:
+            re.compile(options.select)
+        except re.error as exc:
+            raise UsageError(f"invalid check filter {options.select!r}: {exc}") from None
+    suite = load_suite(project, options.image)
+    runner = _SuiteProject(project.root, project.bases_file, suite=suite, select=options.select)
+    platforms = options.platforms or runner.definition(options.image).platforms or None
+    with tempfile.TemporaryDirectory(prefix="llbgen-test-") as tmp:
+        build(
+            runner,
+            BuildOptions(
+                image=runner.pseudo,
+                platforms=platforms,
+                args=options.args,
+                outputs=[Output("local", {}, tmp)],
+                no_cache=options.no_cache,
+                progress=options.progress,
+                secrets=options.secrets,
+                ssh=options.ssh,
+                locals=options.locals,
+                allow=options.allow,
+                address=options.address,
+                tls=options.tls,
+            ),
+        )
+        return collect(runner.compiled, Path(tmp))
+
+
+def collect(compiled: Mapping[Platform, CompiledSuite], exported: Path) -> list[CheckResult]:
+    """Judges the exported results; a single platform is exported flat, several by platform id."""
+    results: dict[str, list[CheckResult]] = {}
+    for platform, suite in compiled.items():
+        root = (exported if len(compiled) == 1 else exported / platform.id) / RESULTS
+        for item in suite.checks:
+            outcome = read_outcome(item.check, root / item.id)
+            problems = tuple(evaluate(item.check, outcome))
+            results.setdefault(item.check.name, []).append(
+                CheckResult(item.check, platform, outcome, problems)
+            )
+    return [result for group in results.values() for result in group]

@@ -1,0 +1,223 @@
+"""The declarative structure-test spec: command, file existence and file content tests.
+
+The values are immutable and validated when they are created, so a mistake (a bad regular
+expression, a relative path) is reported at the line of ``tests.py`` that made it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Union
+
+import attrs
+
+from llbgen.llb import shell
+from llbgen.llb.errors import invalid
+
+if TYPE_CHECKING:
+    from llbgen.llb.state import State
+
+#: Where the test harness mounts what it needs inside a check's container.
+HARNESS_DIR = "/.llbgen-test"
+
+_LS_MODE = re.compile(r"[-dlbcps][-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT]")
+_OCTAL_MODE = re.compile(r"0?[0-7]{3,4}|0o[0-7]{1,4}")
+
+
+def _name(value: str) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise invalid(f"a test needs a one-line, non-empty name, not {value!r}")
+    return value
+
+
+def _path(value: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise invalid(f"test path {value!r} must be absolute, e.g. /usr/local/bin/tool")
+    return value
+
+
+def _regexes(value: str | Iterable[str]) -> tuple[str, ...]:
+    """One regular expression or several; each is compiled now, so a typo fails at its line."""
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise invalid(f"expected a regular expression (str), not {item!r}")
+        try:
+            re.compile(item, re.MULTILINE)
+        except re.error as exc:
+            raise invalid(f"invalid regular expression {item!r}: {exc}") from None
+    return items
+
+
+def _argv(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A command: an argv list, or a string split as ``State.run`` splits it (no shell)."""
+    if isinstance(value, str):
+        try:
+            args = tuple(shell.split(value))
+        except ValueError as exc:
+            raise invalid(f"{exc}: {value!r}") from None
+    else:
+        args = tuple(value)
+        if not all(isinstance(a, str) for a in args):
+            raise invalid(f"a command is a list of strings, not {value!r}")
+    if not args:
+        raise invalid("a test command must not be empty")
+    return args
+
+
+def _setup(value: Iterable[str | Iterable[str]]) -> tuple[tuple[str, ...], ...]:
+    if isinstance(value, str):
+        raise invalid(f"setup is a list of commands, e.g. [['mkdir', '/work']], not {value!r}")
+    return tuple(_argv(step) for step in value)
+
+
+def _env(value: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    pairs = tuple((str(k), str(v)) for k, v in dict(value).items())
+    for key, _ in pairs:
+        if not key or "=" in key:
+            raise invalid(f"environment variable name {key!r} must be non-empty and without '='")
+    return pairs
+
+
+def _files(value: Mapping[str, str | bytes]) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for path, data in dict(value).items():
+        _path(path)
+        if posixpath.normpath(path) == "/" or path.endswith("/"):
+            raise invalid(f"files: {path!r} must name a file, not a directory")
+        out.append((path, data.encode() if isinstance(data, str) else bytes(data)))
+    return tuple(out)
+
+
+def _permissions(value: str | int | None) -> str | int | None:
+    """``-rwxr-xr-x`` (compared with ``ls -l``'s string, file type included) or an octal mode."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise invalid(f"permissions must be like '-rwxr-xr-x', '0755' or 0o755, not {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value <= 0o7777:
+            raise invalid(f"permissions {value:#o} is not a mode between 0o0 and 0o7777")
+        return value
+    if _LS_MODE.fullmatch(value):
+        return value
+    if _OCTAL_MODE.fullmatch(value):
+        return int(value.removeprefix("0o"), 8)
+    raise invalid(f"permissions {value!r} must be like '-rwxr-xr-x' or an octal mode such as '0755'")
+
+
+def _optional_id(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise invalid(f"uid and gid must be non-negative integers, not {value!r}")
+    return value
+
+
+def _timeout(value: float | None) -> float | None:
+    if value is not None and (isinstance(value, bool) or not value > 0):
+        raise invalid(f"timeout must be a positive number of seconds, not {value!r}")
+    return value
+
+
+def _image_mount(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _path(value)
+    clean = posixpath.normpath(value)
+    if clean == "/" or clean == HARNESS_DIR or clean.startswith(HARNESS_DIR + "/"):
+        raise invalid(f"image_mount {value!r}: choose a directory such as /image")
+    return value
+
+
+@attrs.frozen
+class CommandTest:
+    """Runs ``command`` and checks its exit code, standard output and standard error.
+
+    By default the command runs in the image under test, as a container of the image would run it
+    (its environment, working directory and user; the entrypoint is not used), even in a
+    ``scratch`` image without a shell. With ``image_mount="/image"`` it runs instead in a helper
+    (the Debian base, or ``helper``) with the image mounted read-only at ``/image``, for tools the
+    image does not have (``ldd /image/usr/local/bin/tool``).
+
+    Regular expressions are Python's, searched anywhere in the text, with ``^`` and ``$``
+    matching at every line (``re.MULTILINE``). ``exit_code=None`` accepts any exit code.
+    ``setup`` commands run first, in the same container, and must exit 0; ``files`` are written
+    before them (parent directories are created).
+    """
+
+    name: str = attrs.field(converter=_name)
+    command: tuple[str, ...] = attrs.field(converter=_argv)
+    expected_output: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    excluded_output: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    expected_error: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    excluded_error: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    exit_code: int | None = attrs.field(default=0, kw_only=True)
+    env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_env, kw_only=True)
+    setup: tuple[tuple[str, ...], ...] = attrs.field(default=(), converter=_setup, kw_only=True)
+    files: tuple[tuple[str, bytes], ...] = attrs.field(default=(), converter=_files, kw_only=True)
+    user: str | None = attrs.field(default=None, kw_only=True)
+    dir: str | None = attrs.field(default=None, kw_only=True)
+    timeout: float | None = attrs.field(default=None, converter=_timeout, kw_only=True)
+    image_mount: str | None = attrs.field(default=None, converter=_image_mount, kw_only=True)
+    helper: State | None = attrs.field(default=None, kw_only=True, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.exit_code is not None and (
+            isinstance(self.exit_code, bool) or not isinstance(self.exit_code, int)
+            or not 0 <= self.exit_code <= 255
+        ):
+            raise invalid(f"exit_code must be between 0 and 255 or None (any), not {self.exit_code!r}")
+        if self.helper is not None and self.image_mount is None:
+            raise invalid("helper= runs the command outside the image: give image_mount= too")
+        if self.dir is not None:
+            _path(self.dir)
+
+    @property
+    def kind(self) -> str:
+        return "command"
+
+
+@attrs.frozen
+class FileExistenceTest:
+    """Checks that ``path`` exists (or not), and optionally its permissions and owner.
+
+    ``permissions`` is either ``ls -l``'s string (``-rwxr-xr-x``; the first letter is the file
+    type: ``-`` file, ``d`` directory, ``l`` symlink) or an octal mode (``0o755`` or ``"0755"``,
+    compared with the permission bits only). The path is looked up in the image as its root, and
+    a final symlink is not followed unless ``follow_symlinks``.
+    """
+
+    name: str = attrs.field(converter=_name)
+    path: str = attrs.field(converter=_path)
+    should_exist: bool = attrs.field(default=True, kw_only=True)
+    permissions: str | int | None = attrs.field(default=None, converter=_permissions, kw_only=True)
+    uid: int | None = attrs.field(default=None, converter=_optional_id, kw_only=True)
+    gid: int | None = attrs.field(default=None, converter=_optional_id, kw_only=True)
+    follow_symlinks: bool = attrs.field(default=False, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.should_exist and (self.permissions, self.uid, self.gid) != (None, None, None):
+            raise invalid(f"{self.path}: permissions, uid and gid need should_exist=True")
+
+    @property
+    def kind(self) -> str:
+        return "file"
+
+
+@attrs.frozen
+class FileContentTest:
+    """Checks the contents of the file at ``path`` (its first 8 MiB) against regular expressions."""
+
+    name: str = attrs.field(converter=_name)
+    path: str = attrs.field(converter=_path)
+    expected_contents: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    excluded_contents: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return "content"
+
+
+Check = Union[CommandTest, FileExistenceTest, FileContentTest]
+CHECK_TYPES = (CommandTest, FileExistenceTest, FileContentTest)
