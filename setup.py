@@ -52,7 +52,7 @@ class BuildPyWithProtos(build_py):
         super().run()
         # ...and into the build tree for regular wheels (build_py copied what existed before).
         if not self.editable_mode:
-            generate_bindings(Path(self.build_lib))
+            generate_bindings(Path(self.build_lib).resolve())
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

@@ -79,11 +79,7 @@ class BuildContext:
         """
         ref = self.args.get(f"base:{name}") or self.project.bases().get(name)
         if ref is None:
-            raise DefinitionError(
-                f"no pinned reference for base image {name!r}: run scripts/stack-up, which records "
-                f"it in {self.project.bases_file}, or pass --arg base:{name}=REF@sha256:...",
-                caller(),
-            )
+            raise DefinitionError(self.project.missing_pin_message(name), caller())
         return image_source(ref, platform=platform or self.target_platform)
 
 
@@ -101,6 +97,18 @@ class Project:
     def local_unique_id(self) -> str:
         """Stable per project, so the daemon reuses its copy of local sources from run to run."""
         return "llbgen-" + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+
+    def missing_pin_message(self, name: str) -> str:
+        """What to say when no reference is pinned for base image ``name``."""
+        return (
+            f"no pinned reference for base image {name!r}: run scripts/stack-up, which records "
+            f"it in {self.bases_file}, or pass --arg base:{name}=REF@sha256:..."
+        )
+
+    def add_definition(self, name: str, path: Path) -> ImageDefinition:
+        """Registers image ``name`` from a definition file of any name (the frontend's ``filename``)."""
+        self._loaded[name] = _load(name, path)
+        return self._loaded[name]
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

@@ -9,9 +9,7 @@ of those same messages). See tests/data/progress/capture.py to record them again
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterable

@@ -88,7 +88,7 @@ def run_build(
         solve = connection.control.Solve.future(_solve_request(request, ref, session.id))
         try:
             try:
-                _frontend(connection, request, ref)
+                solve_and_return(connection.bridge, request, [(_BUILD_ID, ref)])
             except grpc.RpcError as exc:
                 # The solve fails as well and says why, better than the bridge can.
                 _wait(solve, timeout=10.0)
@@ -160,10 +160,13 @@ def _solve_request(request: BuildRequest, ref: str, session_id: str) -> control_
     return solve
 
 
-def _frontend(connection: Connection, request: BuildRequest, ref: str) -> None:
-    """The frontend side of the build: solve each platform's definition and return the result."""
-    md = [(_BUILD_ID, ref)]
-    bridge = connection.bridge
+def solve_and_return(bridge: Any, request: BuildRequest, metadata: Sequence[tuple[str, str]] = ()) -> None:
+    """The frontend side of a build: solve each platform's definition and return the result.
+
+    ``llbgen build`` calls it in gateway-client mode (``metadata`` names the build), and llbgen's
+    ``# syntax=`` frontend over its own LLBBridge connection.
+    """
+    md = list(metadata)
     bridge.Ping(gateway_pb2.PingRequest(), metadata=md, timeout=30)
     refs: dict[str, str] = {}
     for target in request.targets:

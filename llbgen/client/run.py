@@ -67,20 +67,10 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         native = info.platforms[0] if info.platforms else Platform.host()
         definition = project.definition(options.image)
         platforms = list(options.platforms or [definition.default_platform(native)])
-        missing = [p for p in platforms if p not in info.platforms]
-        if missing:
-            raise ConnectionError(
-                f"BuildKit at {connection.address} cannot build for {', '.join(map(str, missing))}: its "
-                f"workers support {', '.join(map(str, info.platforms))}. Emulated platforms need QEMU "
-                "registered in binfmt_misc (qemu-user-static) before buildkitd starts"
-            )
-        targets = []
-        for platform in platforms:
-            state = project.state(options.image, project.context(platform, options.args, native))
-            result = marshal(state, platform=platform, local_unique_id=project.local_unique_id)
-            if not result.ops:
-                raise LLBGenError(f"image {options.image!r} is empty (scratch): there is nothing to build")
-            targets.append(Target(platform, result, image_config(state, platform)))
+        problem = unsupported_platforms(platforms, info.platforms)
+        if problem:
+            raise ConnectionError(f"BuildKit at {connection.address} {problem}")
+        targets = make_targets(project, options.image, platforms, options.args, native, project.local_unique_id)
         definitions = [t.definition for t in targets]
         dirs = resolve_locals(local_dirs_needed(definitions), options.locals, Path.cwd())
         # Local cache directories: served as content stores; imports resolved to a digest now.
@@ -105,7 +95,7 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             no_cache=options.no_cache,
             entitlements=sorted(set(options.allow) | entitlements_used(definitions)),
             # what the exporters check the result against, as buildx sends it
-            frontend_attrs={"platform": ",".join(str(p) for p in platforms)},
+            frontend_attrs=_frontend_attrs(platforms, options.args),
             shared_key=project.local_unique_id,
         )
         services: list[Service] = [
@@ -144,6 +134,50 @@ def _warn(caches: LocalCaches) -> None:
     for warning in caches.warnings:
         print(f"llbgen: warning: {warning}", file=sys.stderr)
     caches.warnings.clear()
+
+
+def _frontend_attrs(platforms: Sequence[Platform], args: Mapping[str, str]) -> dict[str, str]:
+    """What the exporters read from the request, as buildx sends it.
+
+    ``platform``: the platforms the result must have. ``SOURCE_DATE_EPOCH`` (``--arg`` or the
+    environment, as buildx takes it) makes the daemon set every exporter's source-date-epoch.
+    """
+    attrs_ = {"platform": ",".join(str(p) for p in platforms)}
+    epoch = args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        attrs_["build-arg:SOURCE_DATE_EPOCH"] = epoch
+    return attrs_
+
+
+def unsupported_platforms(wanted: Sequence[Platform], supported: Sequence[Platform]) -> str | None:
+    """Why the daemon cannot build ``wanted``, or None when it can."""
+    missing = [p for p in wanted if p not in supported]
+    if not missing:
+        return None
+    return (
+        f"cannot build for {', '.join(map(str, missing))}: its workers support "
+        f"{', '.join(map(str, supported))}. Emulated platforms need QEMU registered in binfmt_misc "
+        "(qemu-user-static) before buildkitd starts"
+    )
+
+
+def make_targets(
+    project: Project,
+    image: str,
+    platforms: Sequence[Platform],
+    args: Mapping[str, str],
+    native: Platform,
+    local_unique_id: str,
+) -> list[Target]:
+    """The image's state for each platform, marshalled, with its image config."""
+    targets = []
+    for platform in platforms:
+        state = project.state(image, project.context(platform, args, native))
+        result = marshal(state, platform=platform, local_unique_id=local_unique_id)
+        if not result.ops:
+            raise LLBGenError(f"image {image!r} is empty (scratch): there is nothing to build")
+        targets.append(Target(platform, result, image_config(state, platform)))
+    return targets
 
 
 def entitlements_used(definitions: Sequence[Definition]) -> set[str]:

@@ -36,7 +36,7 @@ from llbgen.llb.platform import Platform
 from llbgen.llb.sources import scratch
 from llbgen.llb.state import State
 from llbgen.structure.evaluate import CONTENT_LIMIT
-from llbgen.structure.spec import HARNESS_DIR, Check, CommandTest, FileContentTest, FileExistenceTest
+from llbgen.structure.spec import HARNESS_DIR, Check, CommandTest, FileExistenceTest
 
 HELPER_DIR = f"{HARNESS_DIR}/helper"
 OUT_DIR = f"{HARNESS_DIR}/out"

@@ -1,0 +1,3 @@
+from llbgen.frontend import main
+
+raise SystemExit(main())
