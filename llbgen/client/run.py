@@ -73,20 +73,7 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         targets = make_targets(project, options.image, platforms, options.args, native, project.local_unique_id)
         definitions = [t.definition for t in targets]
         dirs = resolve_locals(local_dirs_needed(definitions), options.locals, Path.cwd())
-        # Local cache directories: served as content stores; imports resolved to a digest now.
-        caches = LocalCaches()
-        cache_from: list[CacheOption] = []
-        try:
-            for option in options.cache_to:
-                if option.type == "local":
-                    caches.add_export(option.attrs)
-            for option in options.cache_from:
-                resolved = caches.add_import(option.attrs) if option.type == "local" else dict(option.attrs)
-                if resolved is not None:
-                    cache_from.append(CacheOption(option.type, resolved))
-        except LocalCacheError as exc:
-            raise LLBGenError(str(exc)) from None
-        _warn(caches)
+        caches, cache_from = _local_caches(options)
         request = BuildRequest(
             targets=targets,
             outputs=options.outputs,
@@ -128,6 +115,24 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         return response
     finally:
         connection.close()
+
+
+def _local_caches(options: BuildOptions) -> tuple[LocalCaches, list[CacheOption]]:
+    """Local cache directories, served as content stores; their imports resolved to a digest now."""
+    caches = LocalCaches()
+    cache_from: list[CacheOption] = []
+    try:
+        for option in options.cache_to:
+            if option.type == "local":
+                caches.add_export(option.attrs)
+        for option in options.cache_from:
+            resolved = caches.add_import(option.attrs) if option.type == "local" else dict(option.attrs)
+            if resolved is not None:
+                cache_from.append(CacheOption(option.type, resolved))
+    except LocalCacheError as exc:
+        raise LLBGenError(str(exc)) from None
+    _warn(caches)
+    return caches, cache_from
 
 
 def _warn(caches: LocalCaches) -> None:
