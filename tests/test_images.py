@@ -325,3 +325,18 @@ def test_bpftool_from_upstream_tarballs_is_pinned_by_checksum(cli: Cli) -> None:
     }
     missing = cli("llb", "bpftool", "--arg", "SOURCE=upstream")
     assert missing.code == 1 and "LINUX_TARBALL_SHA256" in missing.stderr
+
+
+@pytest.mark.parametrize("image", ["bpftool", "compilers"])
+def test_structure_tests_pass_on_both_platforms(project: Cli, image: str) -> None:
+    """`llbgen test IMAGE`: the image's declared checks, amd64 natively and arm64 under QEMU."""
+    result = subprocess.run(
+        [sys.executable, "-m", "llbgen", "test", image, "--platform", "linux/amd64,linux/arm64", "--progress", "plain"],
+        cwd=project.cwd,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"^{image}: (\d+) passed, 0 failed", result.stdout, re.M), result.stdout
