@@ -157,8 +157,8 @@ class Project:
         return self._bases
 
 
-def _load(name: str, path: Path) -> ImageDefinition:
-    module_name = f"llbgen_images.{name}"
+def load_module(module_name: str, path: Path) -> types.ModuleType:
+    """Imports a user's Python file; a mistake in it is reported at the user's line."""
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -172,7 +172,12 @@ def _load(name: str, path: Path) -> ImageDefinition:
     except LLBGenError:
         raise
     except Exception as exc:
-        raise _user_error(exc, path) from None
+        raise user_error(exc, path) from None
+    return module
+
+
+def _load(name: str, path: Path) -> ImageDefinition:
+    module = load_module(f"llbgen_images.{name}", path)
     build = getattr(module, "build", None)
     if not callable(build):
         raise DefinitionError(
@@ -192,7 +197,7 @@ def _call(definition: ImageDefinition, ctx: BuildContext) -> State:
     except LLBGenError:
         raise
     except Exception as exc:
-        raise _user_error(exc, definition.path) from None
+        raise user_error(exc, definition.path) from None
     if not isinstance(result, State):
         code = definition.build.__code__
         hint = " (use .root of the run step)" if hasattr(result, "root") else ""
@@ -204,7 +209,7 @@ def _call(definition: ImageDefinition, ctx: BuildContext) -> State:
     return result
 
 
-def _user_error(exc: BaseException, path: Path) -> DefinitionError:
+def user_error(exc: BaseException, path: Path) -> DefinitionError:
     """The exception, located at the innermost line of the user's code that it passed through."""
     location = Location(str(path), 1)
     for frame in traceback.extract_tb(exc.__traceback__):

@@ -8,12 +8,8 @@ directory, and judged in Python.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 import tempfile
-import traceback
-import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,10 +19,10 @@ from llbgen.client.connection import TLSConfig
 from llbgen.client.outputs import Output
 from llbgen.client.run import BuildOptions, build
 from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
-from llbgen.llb.location import Location, is_internal
+from llbgen.llb.location import Location
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
-from llbgen.project import BuildContext, ImageDefinition, Project
+from llbgen.project import BuildContext, ImageDefinition, Project, load_module, user_error
 from llbgen.session.secrets import SecretSource
 from llbgen.structure.compiler import RESULTS, CompiledSuite, compile_checks
 from llbgen.structure.evaluate import Outcome, evaluate, read_outcome
@@ -84,7 +80,7 @@ def load_suite(project: Project, image: str) -> TestSuite:
             f"image {image!r} has no structure tests: write {path} with a tests(ctx) function "
             "returning llbgen.structure checks (see 'llbgen test --help')"
         )
-    module = _load_module(f"llbgen_tests.{image}", path)
+    module = load_module(f"llbgen_tests.{image}", path)
     declared = getattr(module, "tests", None)
     if callable(declared):
         return TestSuite(image, path, declared)
@@ -97,34 +93,6 @@ def load_suite(project: Project, image: str) -> TestSuite:
     )
 
 
-def _load_module(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise DefinitionError(
-            f"syntax error: {exc.msg}", Location(exc.filename or str(path), exc.lineno or 1)
-        ) from None
-    except LLBGenError:
-        raise
-    except Exception as exc:
-        raise _located(exc, path) from None
-    return module
-
-
-def _located(exc: BaseException, path: Path) -> DefinitionError:
-    """``exc`` as a DefinitionError at the innermost line of the user's code it passed through."""
-    location = Location(str(path), 1)
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if not is_internal(frame.filename):
-            location = Location(frame.filename, frame.lineno or 1)
-    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return DefinitionError(message, location)
-
-
 def checks_for(suite: TestSuite, ctx: BuildContext, select: str | None = None) -> list[Check]:
     """The suite's checks for ``ctx``'s target platform, validated, optionally filtered by name."""
     try:
@@ -132,7 +100,7 @@ def checks_for(suite: TestSuite, ctx: BuildContext, select: str | None = None) -
     except LLBGenError:
         raise
     except Exception as exc:
-        raise _located(exc, suite.path) from None
+        raise user_error(exc, suite.path) from None
     where = Location(str(suite.path), 1)
     if isinstance(declared, (str, bytes)) or not isinstance(declared, Sequence):
         raise DefinitionError(
