@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from llbgen.pb import filesync_pb2, fsutil_stat_pb2, fsutil_wire_pb2
+from llbgen.session.core import ServiceServer
 from llbgen.session.filesync import (
     MODE_CHAR_DEVICE,
     MODE_DEVICE,
@@ -55,25 +56,19 @@ OPTIONS = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_messag
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., grpc.Channel]]:
-    """Starts a grpc.server with the given services on a private unix socket; returns a channel."""
-    servers: list[grpc.Server] = []
+    """Serves the given services as a session does (ServiceServer) on a private unix socket."""
+    servers: list[ServiceServer] = []
     dirs: list[str] = []
 
     def start(*services: Any) -> grpc.Channel:
         sock_dir = tempfile.mkdtemp(prefix="fs-test-", dir="/tmp")  # short: unix socket paths are limited
         dirs.append(sock_dir)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
-        methods: list[str] = []
-        for service in services:
-            methods += service.register(server)
-        server.add_insecure_port(f"unix:{sock_dir}/s.sock")
-        server.start()
-        servers.append(server)
+        servers.append(ServiceServer(services, Path(sock_dir) / "s.sock"))
         return grpc.insecure_channel(f"unix:{sock_dir}/s.sock", options=OPTIONS)
 
     yield start
     for server in servers:
-        server.stop(None)
+        server.close()
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from llbgen.pb import ssh_pb2, ssh_pb2_grpc
+from llbgen.session.core import ServiceServer
 from llbgen.session.sshforward import ID_METADATA_KEY, SSHForwarder, parse_ssh_spec, parse_ssh_specs
 
 pytestmark = pytest.mark.skipif(
@@ -93,19 +94,17 @@ def agents(short_dir: Path) -> Iterator[dict[str, Agent]]:
 
 @pytest.fixture
 def stub(short_dir: Path, agents: dict[str, Agent]) -> Iterator[ssh_pb2_grpc.SSHStub]:
+    """The forwarder served as a session serves it (ServiceServer)."""
     forwarder = SSHForwarder({name: agent.socket for name, agent in agents.items()})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    assert forwarder.register(server) == [
+    server = ServiceServer([forwarder], short_dir / "session.sock")
+    assert server.methods[1:] == [
         "/moby.sshforward.v1.SSH/CheckAgent",
         "/moby.sshforward.v1.SSH/ForwardAgent",
     ]
-    address = f"unix:{short_dir / 'session.sock'}"
-    server.add_insecure_port(address)
-    server.start()
-    channel = grpc.insecure_channel(address)
+    channel = grpc.insecure_channel(f"unix:{server.path}")
     yield ssh_pb2_grpc.SSHStub(channel)
     channel.close()
-    server.stop(grace=None)
+    server.close()
 
 
 class DaemonSide:

@@ -83,7 +83,7 @@ def run_build(
     """
     ref = secrets.token_hex(13)
     with Session(services, shared_key=request.shared_key) as session:
-        session.attach(connection.channel)
+        session.attach(connection.open_aio_channel)
         status = _StatusReader(connection, ref, on_status)
         solve = connection.control.Solve.future(_solve_request(request, ref, session.id))
         try:

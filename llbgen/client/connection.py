@@ -73,9 +73,9 @@ class Connection:
         self._bridge: _StdioBridge | None = None
         url = urlsplit(address)
         options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+        credentials: grpc.ChannelCredentials | None = None
         if url.scheme == "unix":
-            path = url.path or url.netloc
-            self.channel = grpc.insecure_channel(f"unix:{path}", options=options)
+            target = f"unix:{url.path or url.netloc}"
         elif url.scheme == "tcp":
             if not url.hostname or not url.port:
                 raise UsageError(f"invalid address {address!r}: expected tcp://HOST:PORT")
@@ -83,19 +83,28 @@ class Connection:
             if tls.enabled:
                 if tls.server_name:
                     options.append(("grpc.ssl_target_name_override", tls.server_name))
-                self.channel = grpc.secure_channel(target, tls.credentials(), options=options)
-            else:
-                self.channel = grpc.insecure_channel(target, options=options)
+                credentials = tls.credentials()
         elif url.scheme == "docker-container":
             name = url.netloc or url.path.lstrip("/")
             self._bridge = _StdioBridge(["docker", "exec", "-i", name, "buildctl", "dial-stdio"])
-            self.channel = grpc.insecure_channel(f"unix:{self._bridge.path}", options=options)
+            target = f"unix:{self._bridge.path}"
         else:
             raise UsageError(
                 f"unsupported address {address!r}: use unix:///PATH, tcp://HOST:PORT or docker-container://NAME"
             )
+        self._target, self._credentials, self._options = target, credentials, options
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.control = control_pb2_grpc.ControlStub(self.channel)  # type: ignore[no-untyped-call]
         self.bridge = gateway_pb2_grpc.LLBBridgeStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def open_aio_channel(self) -> grpc.aio.Channel:
+        """A second channel to the same daemon, for asyncio code (the session); call it on the loop."""
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(self._target, options=self._options)
+        return grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
 
     def probe(self, timeout: float = PROBE_TIMEOUT) -> DaemonInfo:
         """Asks the daemon who it is and what it builds for; a clear error within ``timeout``."""

@@ -85,6 +85,7 @@ import attrs
 import grpc
 
 from llbgen.pb import auth_pb2, auth_pb2_grpc
+from llbgen.session.core import HandlerRegistry
 
 _log = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ class Auth:
 
     # -- gRPC -------------------------------------------------------------------------------------
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         auth_pb2_grpc.add_AuthServicer_to_server(_AuthServicer(self), server)  # type: ignore[no-untyped-call]
         return list(_METHODS)
 

@@ -56,6 +56,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from llbgen.pb import content_pb2, content_pb2_grpc
+from llbgen.session.core import HandlerRegistry
 
 __all__ = [
     "ANNOTATION_IMAGE_NAME",
@@ -866,7 +867,7 @@ class ContentStores:
     def __init__(self, stores: Mapping[str, OCIStore]) -> None:
         self.stores = dict(stores)
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         content_pb2_grpc.add_ContentServicer_to_server(_ContentServicer(self), server)  # type: ignore[no-untyped-call]
         return list(CONTENT_METHODS)
 

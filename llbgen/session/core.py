@@ -2,29 +2,37 @@
 
 ``Control.Session`` is a bidirectional stream of byte chunks that carries one HTTP/2 connection on
 which the daemon is the gRPC client and we are the server. grpcio cannot serve on a byte stream,
-but it can serve on a unix socket, so the session runs a ``grpc.server`` on a private socket and
-pumps bytes between that socket and the stream.
+but it can serve on a unix socket, so the session runs a server on a private socket and pumps
+bytes between that socket and the stream.
+
+Server, pump and the stream run on one asyncio event loop in a thread of their own: a file
+transfer is three small messages per file, and grpcio's asyncio API costs about half as much per
+message as its threaded one, with no hand-off between threads for each message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
-import socket
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from llbgen.pb import control_pb2, control_pb2_grpc
+from llbgen.session.threaded import AdaptingHandler, GenericHandler, MethodHandler, adapt
 
-_CHUNK = 32 * 1024
 _COALESCE = 1 << 20
+#: How long the pump waits for more bytes after a small read, to send them as one message.
+_LINGER = 0.001
+_SMALL = 64 << 10
 _HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 << 20),
@@ -34,13 +42,137 @@ GRPC_OPTIONS = [
     ("grpc.max_metadata_size", 1 << 20),
 ]
 
+T = TypeVar("T")
+
+
+class HandlerRegistry(Protocol):
+    """Where services add their handlers: a ``grpc.Server``, or the session's server."""
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[GenericHandler]) -> None: ...
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, MethodHandler]
+    ) -> None: ...
+
 
 class Service(Protocol):
     """Something the daemon may call during a build (file sync, auth, secrets...)."""
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         """Adds handlers to ``server``; returns the full method names, for the session headers."""
         ...
+
+
+class _Registry:
+    """Adds handlers to an asyncio server, running the synchronous ones on threads."""
+
+    def __init__(self, server: grpc.aio.Server, pool: futures.Executor) -> None:
+        self._server = server
+        self._pool = pool
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[GenericHandler]) -> None:
+        self._server.add_generic_rpc_handlers([AdaptingHandler(h, self._pool) for h in generic_rpc_handlers])
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, MethodHandler]
+    ) -> None:
+        adapted = {name: adapt(handler, self._pool) for name, handler in method_handlers.items()}
+        self._server.add_registered_method_handlers(service_name, adapted)  # type: ignore[attr-defined]
+
+
+class ServiceServer:
+    """``services`` served on the unix socket ``path``, by a grpc.aio server on its own loop thread."""
+
+    def __init__(self, services: Sequence[Service], path: Path) -> None:
+        self.path = path
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="llbgen-session", daemon=True)
+        self._thread.start()
+        # Each synchronous bidi stream (export, ssh forwarding) holds a thread for its whole life.
+        self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llbgen-session")
+        self.methods = [_HEALTH_METHOD]
+        try:
+            self._server = self.run(self._start(services))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _start(self, services: Sequence[Service]) -> grpc.aio.Server:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        health = HealthServicer()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        registry = _Registry(server, self._pool)
+        for service in services:
+            self.methods.extend(service.register(registry))
+        server.add_insecure_port(f"unix:{self.path}")
+        await server.start()
+        return server
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs ``coroutine`` on the server's loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            try:
+                self.run(self._server.stop(grace=None))
+            finally:
+                self._stop_loop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class _Inbound(asyncio.Protocol):
+    """Bytes from the session server's socket, gathered until the pump takes them."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.ready = asyncio.Event()
+        self.eof = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.ready.set()
+        if len(self.buffer) >= 4 * _COALESCE and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.ready.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.ready.set()
+
+    async def take(self) -> bytes:
+        """Up to ``_COALESCE`` bytes, waiting a moment after a small read for more to arrive."""
+        while not self.buffer:
+            if self.eof:
+                return b""
+            self.ready.clear()
+            await self.ready.wait()
+        if len(self.buffer) < _SMALL and not self.eof:
+            await asyncio.sleep(_LINGER)
+        data = bytes(self.buffer[:_COALESCE])
+        del self.buffer[:_COALESCE]
+        if self.transport is not None and len(self.buffer) < _COALESCE:
+            self.transport.resume_reading()
+        return data
+
+
+ChannelFactory = Callable[[], grpc.aio.Channel]
 
 
 class Session:
@@ -55,20 +187,15 @@ class Session:
         self._name = name
         self._shared_key = shared_key or self.id
         self._dir = Path(tempfile.mkdtemp(prefix="llbgen-session-"))
-        self._socket_path = self._dir / "session.sock"
-        # Each bidi stream (file transfer, ssh forwarding) holds a thread for its whole life.
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=GRPC_OPTIONS)
-        health_servicer = health.HealthServicer()
-        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
-        self.methods = [_HEALTH_METHOD]
-        for service in services:
-            self.methods.extend(service.register(self._server))
-        self._server.add_insecure_port(f"unix:{self._socket_path}")
-        self._server.start()
-        self._conn: socket.socket | None = None
-        self._call: Any = None  # the Session stream call: an iterator that can be cancelled
-        self._pump: threading.Thread | None = None
+        try:
+            self._server = ServiceServer(services, self._dir / "session.sock")
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self.methods = self._server.methods
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
+        self._pump: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
 
     def metadata(self) -> list[tuple[str, str]]:
@@ -80,71 +207,65 @@ class Session:
         md.extend(("x-docker-expose-session-grpc-method", m) for m in self.methods)
         return md
 
-    def attach(self, channel: grpc.Channel) -> None:
-        """Opens the session stream on ``channel`` and starts pumping bytes both ways."""
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(self._socket_path))
-        self._conn = conn
-        stub = control_pb2_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
-        call = stub.Session(self._outgoing(conn), metadata=self.metadata())
+    def attach(self, open_channel: ChannelFactory) -> None:
+        """Opens the session stream on a channel from ``open_channel`` and starts the pump.
+
+        The channel is an asyncio one, made on the session's loop: ``open_channel`` is called there.
+        """
+        self._server.run(self._attach(open_channel))
+
+    async def _attach(self, open_channel: ChannelFactory) -> None:
+        loop = asyncio.get_running_loop()
+        transport, inbound = await loop.create_unix_connection(_Inbound, str(self._server.path))
+        self._channel = open_channel()
+        stub = control_pb2_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+
+        async def outgoing() -> AsyncIterator[control_pb2.BytesMessage]:
+            while data := await inbound.take():
+                yield control_pb2.BytesMessage(data=data)
+
+        call = stub.Session(outgoing(), metadata=self.metadata())
         self._call = call
-        self._pump = threading.Thread(target=self._incoming, args=(call, conn), name="session-pump", daemon=True)
-        self._pump.start()
+        self._pump = loop.create_task(self._incoming(call, transport))
 
-    def _outgoing(self, conn: socket.socket) -> Iterator[control_pb2.BytesMessage]:
-        while True:
-            try:
-                data = conn.recv(_CHUNK)
-                if not data:
-                    return
-                # Send what has already arrived as one message: fewer, larger messages are what
-                # makes file transfers fast, since each gRPC message has a fixed cost.
-                chunks = [data]
-                size = len(data)
-                while size < _COALESCE:
-                    try:
-                        more = conn.recv(_COALESCE - size, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    if not more:
-                        break
-                    chunks.append(more)
-                    size += len(more)
-            except OSError:
-                return
-            yield control_pb2.BytesMessage(data=b"".join(chunks) if len(chunks) > 1 else data)
-
-    def _incoming(self, call: Iterator[control_pb2.BytesMessage], conn: socket.socket) -> None:
+    async def _incoming(self, call: Any, transport: asyncio.Transport) -> None:
         try:
-            for message in call:
-                conn.sendall(message.data)
+            async for message in call:
+                transport.write(message.data)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = exc
         except OSError as exc:
             self.error = exc
+        except asyncio.CancelledError:
+            pass
         finally:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            transport.close()
 
-    def close(self) -> None:
+    async def _detach(self) -> None:
         if self._call is not None:
             self._call.cancel()
-        if self._conn is not None:
-            try:
-                self._conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._conn.close()
         if self._pump is not None:
-            self._pump.join(timeout=5)
-        self._server.stop(grace=None)
-        shutil.rmtree(self._dir, ignore_errors=True)
+            await _settle(self._pump, timeout=5)
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    def close(self) -> None:
+        try:
+            self._server.run(self._detach())
+        finally:
+            self._server.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _settle(task: Awaitable[None], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(task, timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass

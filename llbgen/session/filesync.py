@@ -29,6 +29,7 @@ the daemon half-closes. The daemon says which exporter a ``FileSend`` call is fo
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import queue
@@ -37,14 +38,15 @@ import stat as stat_module
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import unquote_plus
 
 import grpc
 
 from llbgen.pb import filesync_pb2, fsutil_stat_pb2, fsutil_wire_pb2
+from llbgen.session.core import HandlerRegistry
 from llbgen.session.patterns import (
     BadPattern,
     MatchInfo,
@@ -638,7 +640,7 @@ class FileSync:
         self._xattrs = xattrs
         self.status: dict[str, TransferStatus] = {name: TransferStatus() for name in self._dirs}
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         handlers = {
             "DiffCopy": grpc.stream_stream_rpc_method_handler(
                 self._diff_copy,
@@ -661,18 +663,19 @@ class FileSync:
         # service definition only.
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the tarstream file transfer protocol is not supported")
 
-    def _diff_copy(
-        self, requests: Iterator[fsutil_wire_pb2.Packet], context: grpc.ServicerContext
-    ) -> Iterator[fsutil_wire_pb2.Packet]:
-        md = decode_metadata(context.invocation_metadata())
+    async def _diff_copy(
+        self, requests: AsyncIterator[fsutil_wire_pb2.Packet], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        md = decode_metadata(context.invocation_metadata() or ())
         names = md.get(KEY_DIR_NAME) or [""]
         name = names[0]
         root = self._dirs.get(name)
         if root is None:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no access allowed to dir {name!r}: llbgen was not given a local directory of that name",
             )
+            return
         status = self.status[name]
         status._begin()
         try:
@@ -686,10 +689,10 @@ class FileSync:
             first = next(entries, None)  # surfaces bad patterns and a missing root right away
         except FileSyncError as exc:
             status._fail(str(exc))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"local {name!r}: {exc}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"local {name!r}: {exc}")
+            return
         chained = entries if first is None else _prepend(first, entries)
-        sender = _Sender(name, chained, status, self._chunk_size)
-        return sender.run(requests, context)
+        await _Sender(name, chained, status, self._chunk_size).run(requests, context)
 
 
 def _prepend(first: WalkEntry, rest: Iterator[WalkEntry]) -> Iterator[WalkEntry]:
@@ -698,13 +701,12 @@ def _prepend(first: WalkEntry, rest: Iterator[WalkEntry]) -> Iterator[WalkEntry]
 
 
 class _Sender:
-    """One DiffCopy transfer from our side.
+    """One DiffCopy transfer from our side, on the session's event loop.
 
-    A reader thread takes the receiver's REQ/FIN/ERR packets; everything we send is produced by
-    the response generator itself, on the thread that gRPC uses to send it: requested files are
-    read (in chunks) as soon as they are asked for, and the walk goes on in between. grpcio's
-    sync server costs tens of microseconds per message, so every hand-off between threads
-    that can be avoided shows in the throughput.
+    A task takes the receiver's REQ/FIN/ERR packets; the transfer itself walks the tree and sends
+    STATs, and serves each requested file as soon as it is asked for, in between. Everything is on
+    one thread: a transfer is three messages per file, and a hand-off between threads for each
+    would cost more than the message.
     """
 
     def __init__(
@@ -714,29 +716,25 @@ class _Sender:
         self._entries = entries
         self._status = status
         self._chunk_size = chunk_size
-        self._inbox: queue.SimpleQueue[int | _Event] = queue.SimpleQueue()
+        self._inbox: asyncio.Queue[int | _Event] = asyncio.Queue()
         self._files: dict[int, tuple[str, str]] = {}
-        self._closed = threading.Event()
 
-    def run(
-        self, requests: Iterator[fsutil_wire_pb2.Packet], context: grpc.ServicerContext
-    ) -> Iterator[fsutil_wire_pb2.Packet]:
-        context.add_callback(self._closed.set)
-        reader = threading.Thread(
-            target=self._read, args=(requests, context), name="filesync-recv", daemon=True
-        )
-        reader.start()
+    async def run(
+        self, requests: AsyncIterator[fsutil_wire_pb2.Packet], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        # A cancelled call cancels this task: the outcome stays "cancelled".
         outcome: str | None = "transfer cancelled"
         code = grpc.StatusCode.CANCELLED
         try:
-            yield from self._packets()
+            await self._send(context)
             outcome = None
         except _Stop as stop:
             outcome, code = stop.message, stop.code
             if stop.send_err:
-                yield Packet(type=Packet.PACKET_ERR, data=f"local {self._name!r}: {outcome}".encode())
+                await context.write(Packet(type=Packet.PACKET_ERR, data=f"local {self._name!r}: {outcome}".encode()))
         finally:
-            self._closed.set()
+            reader.cancel()
             if outcome is None:
                 self._status._complete()
             else:
@@ -745,28 +743,21 @@ class _Sender:
             context.set_code(code)
             context.set_details(f"local {self._name!r}: {outcome}")
 
-    def _packets(self) -> Iterator[fsutil_wire_pb2.Packet]:
+    async def _send(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         index = 0
         walking = True
         while True:
             # Serve what has been asked for; wait for more only once every STAT is out.
-            while True:
-                try:
-                    item = self._inbox.get(block=not walking, timeout=None if walking else 0.5)
-                except queue.Empty:
-                    if walking:
-                        break
-                    if self._closed.is_set():
-                        raise _Stop("transfer cancelled", send_err=False) from None
-                    continue
+            while not walking or not self._inbox.empty():
+                item = self._inbox.get_nowait() if walking else await self._inbox.get()
                 if isinstance(item, int):
                     found = self._files.pop(item, None)
                     if found is None:
                         raise _Stop(f"invalid file id {item}", code=grpc.StatusCode.UNKNOWN)
-                    yield from self._file_packets(item, *found)
+                    await self._send_file(context, item, *found)
                     continue
                 if item.kind == "fin":
-                    yield Packet(type=Packet.PACKET_FIN)
+                    await context.write(Packet(type=Packet.PACKET_FIN))
                     return
                 raise _Stop(item.message, code=grpc.StatusCode.UNKNOWN, send_err=False)
             try:
@@ -775,17 +766,19 @@ class _Sender:
                 raise _Stop(str(exc), code=grpc.StatusCode.UNKNOWN) from None
             if entry is None:
                 walking = False
-                yield Packet(type=Packet.PACKET_STAT)
+                await context.write(Packet(type=Packet.PACKET_STAT))
                 continue
             if entry.source is not None:
                 self._files[index] = (entry.stat.path, entry.source)
             index += 1
             self._status._add(entries=1)
-            yield Packet(type=Packet.PACKET_STAT, stat=entry.stat)
+            await context.write(Packet(type=Packet.PACKET_STAT, stat=entry.stat))
 
-    def _file_packets(self, file_id: int, rel: str, source: str) -> Iterator[fsutil_wire_pb2.Packet]:
+    async def _send_file(
+        self, context: grpc.aio.ServicerContext[Any, Any], file_id: int, rel: str, source: str
+    ) -> None:
         if source == "":  # a socket: sent as an empty file
-            yield Packet(type=Packet.PACKET_DATA, ID=file_id)
+            await context.write(Packet(type=Packet.PACKET_DATA, ID=file_id))
             return
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -805,31 +798,28 @@ class _Sender:
                 if not chunk:
                     break
                 total += len(chunk)
-                yield Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk)
+                await context.write(Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk))
         finally:
             os.close(fd)
         self._status._add(files=1, nbytes=total)
-        yield Packet(type=Packet.PACKET_DATA, ID=file_id)
+        await context.write(Packet(type=Packet.PACKET_DATA, ID=file_id))
 
-    def _read(self, requests: Iterator[fsutil_wire_pb2.Packet], context: grpc.ServicerContext) -> None:
+    async def _read(self, requests: AsyncIterator[fsutil_wire_pb2.Packet]) -> None:
         try:
-            for packet in requests:
+            async for packet in requests:
                 if packet.type == Packet.PACKET_REQ:
-                    self._inbox.put(packet.ID)
+                    self._inbox.put_nowait(packet.ID)
                 elif packet.type == Packet.PACKET_FIN:
-                    self._inbox.put(_Event("fin"))
+                    self._inbox.put_nowait(_Event("fin"))
                     return
                 elif packet.type == Packet.PACKET_ERR:
-                    self._inbox.put(
-                        _Event("err", f"error from receiver: {packet.data.decode(errors='replace')}")
-                    )
+                    message = packet.data.decode(errors="replace")
+                    self._inbox.put_nowait(_Event("err", f"error from receiver: {message}"))
                     return
-            if _was_cancelled(context):
-                self._inbox.put(_Event("err", "transfer cancelled"))
-            else:
-                self._inbox.put(_Event("err", "the receiver closed the stream before the transfer finished"))
+            # A cancelled call cancels the transfer itself; this is the receiver half-closing.
+            self._inbox.put_nowait(_Event("err", "the receiver closed the stream before the transfer finished"))
         except grpc.RpcError:
-            self._inbox.put(_Event("err", "transfer cancelled"))
+            self._inbox.put_nowait(_Event("err", "transfer cancelled"))
 
 
 def _was_cancelled(context: grpc.ServicerContext, settle: float = 0.1) -> bool:
@@ -909,7 +899,7 @@ class FileSend:
     def __init__(self, targets: Mapping[int, ExportTarget]) -> None:
         self.targets = dict(targets)
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         # Raw bytes both ways: the messages are fsutil packets or BytesMessage depending on the
         # target, which is only known from the call's metadata.
         handlers = {"DiffCopy": grpc.stream_stream_rpc_method_handler(self._diff_copy)}

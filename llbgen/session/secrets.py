@@ -36,6 +36,7 @@ import attrs
 import grpc
 
 from llbgen.pb import secrets_pb2, secrets_pb2_grpc
+from llbgen.session.core import HandlerRegistry
 
 MAX_SECRET_SIZE = 500 * 1024
 _METHOD = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
@@ -164,7 +165,7 @@ class Secrets:
         self._sources = dict(sources)
         self._environ = environ
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         secrets_pb2_grpc.add_SecretsServicer_to_server(_SecretsServicer(self), server)  # type: ignore[no-untyped-call]
         return [_METHOD]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import grpc
 
 from llbgen.pb import ssh_pb2, ssh_pb2_grpc
+from llbgen.session.core import HandlerRegistry
 
 DEFAULT_ID = "default"
 ID_METADATA_KEY = "buildkit.ssh.id"
@@ -156,7 +157,7 @@ class SSHForwarder:
     def ids(self) -> list[str]:
         return sorted(self._agents)
 
-    def register(self, server: grpc.Server) -> list[str]:
+    def register(self, server: HandlerRegistry) -> list[str]:
         ssh_pb2_grpc.add_SSHServicer_to_server(_SSHServicer(self), server)  # type: ignore[no-untyped-call]
         return list(_METHODS)
 
