@@ -65,6 +65,18 @@ class BuildContext:
     def arg(self, name: str, default: str | None = None) -> str | None:
         return self.args.get(name, default)
 
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        """Build arg ``name``, one of ``choices`` (default: the first); anything else is an error."""
+        value = self.args.get(name) or choices[0]
+        if value not in choices:
+            raise DefinitionError(f"--arg {name}={value}: expected one of {', '.join(choices)}", caller())
+        return value
+
+    def helper(self, name: str) -> types.ModuleType:
+        """A module of the project that is not an image: ``ctx.helper("sources/debian")`` is
+        ``images/sources/debian.py``, loaded once, so that images share code without copying it."""
+        return self.project.helper(name)
+
     def image(self, name: str, *, platform: Platform | str | None = None) -> State:
         """Another image of this project, for ``platform`` (default: this target platform)."""
         target = self.target_platform
@@ -92,6 +104,7 @@ class Project:
     _loaded: dict[str, ImageDefinition] = attrs.field(factory=dict, init=False)
     _states: dict[tuple[object, ...], State | None] = attrs.field(factory=dict, init=False)
     _bases: dict[str, str] | None = attrs.field(default=None, init=False)
+    _helpers: dict[str, types.ModuleType] = attrs.field(factory=dict, init=False)
 
     @property
     def local_unique_id(self) -> str:
@@ -123,6 +136,18 @@ class Project:
                 raise UsageError(f"unknown image {name!r}; known images: {known}")
             self._loaded[name] = _load(name, path)
         return self._loaded[name]
+
+    def helper(self, name: str) -> types.ModuleType:
+        """``images/<name>.py`` as a module (see :meth:`BuildContext.helper`)."""
+        if name not in self._helpers:
+            parts = name.split("/")
+            path = self.root.joinpath(*parts).with_suffix(".py")
+            if not all(p.isidentifier() for p in parts) or not path.is_file():
+                raise DefinitionError(
+                    f"no helper module {name!r}: expected a Python file {path}", caller()
+                )
+            self._helpers[name] = load_module("llbgen_images._helpers." + ".".join(parts), path)
+        return self._helpers[name]
 
     def context(
         self, target: Platform, args: Mapping[str, str], build: Platform | None = None

@@ -239,3 +239,38 @@ def test_base_pin_can_be_given_as_an_arg(cli: Cli) -> None:
     out = cli("llb", "hello", "--arg", f"base:debian:trixie={ref}", "--format", "json")
     assert out.code == 0, out.stderr
     assert ref in out.text
+
+
+def test_images_share_a_helper_module_loaded_once(cli: Cli) -> None:
+    helpers = cli.cwd / "images" / "common"
+    helpers.mkdir(parents=True)
+    (helpers / "steps.py").write_text("LOADS = []\nLOADS.append(1)\n\ndef greeting():\n    return 'hi'\n")
+    cli.write_image(
+        "one",
+        """
+        import llbgen
+        def build(ctx):
+            steps = ctx.helper("common/steps")
+            assert ctx.helper("common/steps") is steps and steps.LOADS == [1]
+            return llbgen.scratch().file(llbgen.mkfile("/" + steps.greeting(), 0o644, b""))
+        """,
+    )
+    assert cli("llb", "one", "--format", "json").code == 0
+
+
+def test_a_missing_helper_module_is_reported_at_the_line_asking_for_it(cli: Cli) -> None:
+    message = _located(
+        cli, "nohelper", "import llbgen\ndef build(ctx):\n    return ctx.helper('common/absent')\n", "helper("
+    )
+    assert "no helper module 'common/absent'" in message
+
+
+def test_a_build_arg_outside_its_choices_is_reported_at_the_line_asking_for_it(cli: Cli) -> None:
+    source = (
+        "import llbgen\ndef build(ctx):\n    mode = ctx.choice('MODE', ('fast', 'slow'))\n"
+        "    return llbgen.scratch().file(llbgen.mkfile('/' + mode, 0o644, b''))\n"
+    )
+    cli.write_image("choice", source)
+    assert cli("llb", "choice", "--arg", "MODE=slow").code == 0
+    message = _error(cli("llb", "choice", "--arg", "MODE=other"), 1)
+    assert message == "llbgen: error: images/choice/image.py:3: --arg MODE=other: expected one of fast, slow", message

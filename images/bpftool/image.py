@@ -18,10 +18,6 @@ The exact Debian versions a build used are printed in its log ("llbgen: Debian s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
 from typing import Any
 
 import llbgen
@@ -106,45 +102,14 @@ ls -l /out/bpftool
 """
 
 
-def _shared(name: str) -> types.ModuleType:
-    """images/sources/<name>.py, the helpers shared between images (it is not an image itself)."""
-    path = Path(__file__).resolve().parent.parent / "sources" / f"{name}.py"
-    key = f"llbgen_images._sources.{name}:{path}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-def _choice(ctx: llbgen.BuildContext, name: str, choices: tuple[str, ...]) -> str:
-    value = ctx.arg(name, choices[0]) or choices[0]
-    if value not in choices:
-        raise ValueError(f"--arg {name}={value}: expected one of {', '.join(choices)}")
-    return value
-
-
-def _pinned(ctx: llbgen.BuildContext, version_arg: str, sha_arg: str, version: str, sha: str) -> tuple[str, str]:
-    """The pinned (version, checksum), or both from --arg: moving one without the other is an error."""
-    new_version, new_sha = ctx.arg(version_arg), ctx.arg(sha_arg)
-    if new_version and new_version != version and not new_sha:
-        raise ValueError(
-            f"--arg {version_arg}={new_version} needs --arg {sha_arg}=<sha256 of its orig tarball> too: "
-            f"a build with an unavailable version lists the versions Debian's mirror has, with checksums"
-        )
-    return new_version or version, new_sha or sha
-
-
 def sources(ctx: llbgen.BuildContext) -> tuple[Any, Any]:
     """The kernel and elfutils sources (debian.Source) the build args select: Debian's by default."""
-    debian = _shared("debian")
-    linux_version, linux_sha = _pinned(ctx, "LINUX_VERSION", "LINUX_ORIG_SHA256", LINUX_VERSION, LINUX_ORIG_SHA256)
-    elfutils_version, elfutils_sha = _pinned(
+    debian = ctx.helper("sources/debian")
+    linux_version, linux_sha = debian.pinned(ctx, "LINUX_VERSION", "LINUX_ORIG_SHA256", LINUX_VERSION, LINUX_ORIG_SHA256)
+    elfutils_version, elfutils_sha = debian.pinned(
         ctx, "ELFUTILS_VERSION", "ELFUTILS_ORIG_SHA256", ELFUTILS_VERSION, ELFUTILS_ORIG_SHA256
     )
-    if _choice(ctx, "SOURCE", ("debian", "upstream")) == "debian":
+    if ctx.choice("SOURCE", ("debian", "upstream")) == "debian":
         pin = (
             "change {0} and {1} in images/bpftool/image.py, or pass --arg {0}=<upstream version> "
             "--arg {1}=<sha256 of its orig tarball>"
@@ -178,8 +143,8 @@ def sources(ctx: llbgen.BuildContext) -> tuple[Any, Any]:
 
 
 def build(ctx: llbgen.BuildContext) -> llbgen.State:
-    debian = _shared("debian")
-    emulated = _choice(ctx, "BUILD", ("cross", "emulated")) == "emulated"
+    debian = ctx.helper("sources/debian")
+    emulated = ctx.choice("BUILD", ("cross", "emulated")) == "emulated"
     tc = debian.toolchain(ctx, emulated=emulated)
     arch = ctx.target_platform.architecture
     how = "natively" if not tc.is_cross else f"with {tc.cross_compile}gcc"

@@ -256,6 +256,17 @@ class Source:
         return step.mount("/out")
 
 
+def pinned(ctx: llbgen.BuildContext, version_arg: str, sha_arg: str, version: str, sha: str) -> tuple[str, str]:
+    """The pinned (version, orig checksum), or both from --arg: moving one without the other is an error."""
+    new_version, new_sha = ctx.arg(version_arg), ctx.arg(sha_arg)
+    if new_version and new_version != version and not new_sha:
+        raise ValueError(
+            f"--arg {version_arg}={new_version} needs --arg {sha_arg}=<sha256 of its orig tarball> too: "
+            f"a build with an unavailable version lists the versions Debian's mirror has, with checksums"
+        )
+    return new_version or version, new_sha or sha
+
+
 def source_package(
     ctx: llbgen.BuildContext, package: str, upstream: str, *, orig_sha256: str, pin: str
 ) -> Source:
