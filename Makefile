@@ -1,0 +1,24 @@
+# Opt-in end-to-end builds that are too long for CI (scripts/test, .ci/run).
+#
+#   make e2e-llvm      the full llvm image (clang, llc, llvm-objcopy, llvm-strip; BPF only, static)
+#                      for linux/amd64 and linux/arm64 (cross-compiled), then its structure tests
+#                      on both platforms (arm64 under QEMU). About an hour per platform on a 2-core
+#                      machine when nothing is cached; CI runs only STAGE=configure
+#                      (tests/test_llvm.py).
+#
+# Variables: LLVM_PLATFORMS, LLVM_ARGS (more llbgen options, e.g. --arg JOBS=4 or
+# --arg COMPILERS=REF@sha256:...), LLVM_OUTPUT (an -o spec for the build, e.g.
+# type=oci,dest=llvm.tar; default: the image stays in the build cache, where the tests take it).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+LLVM_PLATFORMS ?= linux/amd64,linux/arm64
+LLVM_ARGS ?=
+LLVM_OUTPUT ?=
+
+.PHONY: e2e-llvm
+e2e-llvm:
+	scripts/stack-up
+	time scripts/llbgen build llvm --platform $(LLVM_PLATFORMS) --progress plain $(LLVM_ARGS) $(if $(LLVM_OUTPUT),-o $(LLVM_OUTPUT))
+	time scripts/llbgen test llvm --platform $(LLVM_PLATFORMS) -v --progress plain $(LLVM_ARGS)
