@@ -1,3 +1,11 @@
-from llbgen.cli import main
+import sys
 
-raise SystemExit(main())
+from llbgen.resident.client import forward
+
+# A resident llbgen (``llbgen resident start``) runs the command if there is one for this code.
+code = forward(sys.argv[1:])
+if code is None:
+    from llbgen.cli import main
+
+    code = main()
+raise SystemExit(code)

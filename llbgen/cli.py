@@ -84,6 +84,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
+    resident = commands.add_parser(
+        "resident", help="keep llbgen imported in a process that runs later commands (faster start)"
+    )
+    resident.add_argument("action", choices=("status", "stop", "start"))
     return parser.parse_args(argv)
 
 
@@ -214,6 +218,20 @@ def _daemon(action: str) -> int:
     return 0
 
 
+def _resident(action: str) -> int:
+    from llbgen.resident import server
+
+    if action == "start":
+        print(server.start())
+    elif action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        running, path = server.status()
+        print(f"{'running' if running else 'not running'}: {path} (log: {server.log_file(path)})")
+        return 0 if running else 3
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = _parse_args(argv)
@@ -226,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return structure_cli.run(project, ns)
         if ns.command == "daemon":
             return _daemon(ns.action)
+        if ns.command == "resident":
+            return _resident(ns.action)
         return _llb(project, ns)
     except LLBGenError as exc:
         print(f"llbgen: error: {exc}", file=sys.stderr)

@@ -33,7 +33,11 @@ from llbgen.llb.sources import image as image_source
 from llbgen.llb.state import State
 
 DEFINITION_FILE = "image.py"
-DEFAULT_BASES_FILE = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack")) / "bases.json"
+
+
+def default_bases_file() -> Path:
+    """Where scripts/stack-up records the pinned base images (read when a project is made)."""
+    return Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack")) / "bases.json"
 
 
 @attrs.frozen
@@ -100,7 +104,7 @@ class Project:
     """The ``images/`` directory of a project, with its definitions loaded on demand."""
 
     root: Path
-    bases_file: Path = DEFAULT_BASES_FILE
+    bases_file: Path = attrs.field(factory=default_bases_file)
     _loaded: dict[str, ImageDefinition] = attrs.field(factory=dict, init=False)
     _states: dict[tuple[object, ...], State | None] = attrs.field(factory=dict, init=False)
     _bases: dict[str, str] | None = attrs.field(default=None, init=False)

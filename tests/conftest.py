@@ -58,7 +58,7 @@ def cli(tmp_path: Path) -> Cli:
     shutil.copytree(ROOT / "images", tmp_path / "images")
     (tmp_path / "stack").mkdir()
     (tmp_path / "stack" / "bases.json").write_text(json.dumps({"debian:trixie": FAKE_DEBIAN}))
-    env = dict(os.environ, LLBGEN_STACK_DIR=str(tmp_path / "stack"))
+    env = dict(os.environ, LLBGEN_STACK_DIR=str(tmp_path / "stack"), LLBGEN_RESIDENT="off")
     return Cli(tmp_path, env)
 
 
@@ -106,5 +106,7 @@ def project(tmp_path: Path, stack: dict[str, str]) -> Cli:
     """A project with the repository's images, building on the stack's daemon with its base pins."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "images", root / "images")
-    env = dict(os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"])
+    env = dict(
+        os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"], LLBGEN_RESIDENT="off"
+    )
     return Cli(root, env)

@@ -1,0 +1,247 @@
+"""The resident process: imports llbgen once, then forks a child for each command it is handed.
+
+The parent never creates a gRPC channel, a thread or an event loop, so each child starts from a
+clean, single-threaded copy and connects to BuildKit itself. A child takes over the client's
+descriptors, working directory, environment and umask, runs ``llbgen.cli.main`` and sends back the
+exit status. Started by ``llbgen resident start``; it exits when llbgen's code changes (see
+:func:`llbgen.resident.fingerprint`) or on ``llbgen resident stop``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from llbgen.resident import fingerprint, socket_path
+from llbgen.resident.client import HEADER, SIGNALS, STATUS
+
+#: What a command may need, imported before the first fork (the TTY progress view included).
+PRELOAD = (
+    "llbgen",
+    "llbgen.cli",
+    "llbgen.client.run",
+    "llbgen.client.daemon",
+    "llbgen.session.auth",
+    "llbgen.session.content",
+    "llbgen.session.core",
+    "llbgen.session.filesync",
+    "llbgen.session.secrets",
+    "llbgen.session.sshforward",
+    "llbgen.progress.plain",
+    "llbgen.progress.rawjson",
+    "llbgen.progress.tty",
+    "llbgen.structure",
+    "grpc.aio",
+    "rich.console",
+    "rich.live",
+)
+#: How often an idle resident process checks whether llbgen's code changed.
+_CHECK_INTERVAL = 10.0
+_START_TIMEOUT = 20.0
+
+
+def serve(path: Path, code: str) -> None:
+    """Serves commands on ``path`` until llbgen's code no longer matches ``code``."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path.unlink(missing_ok=True)
+    old = os.umask(0o077)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    listener.settimeout(_CHECK_INTERVAL)
+    _pid_file(path).write_text(f"{os.getpid()}\n")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _log(f"serving {path} (llbgen {code}, pid {os.getpid()})")
+    try:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                if fingerprint() != code:
+                    _log("llbgen's code changed: exiting")
+                    log_file(path).unlink(missing_ok=True)
+                    return
+                continue
+            if os.fork() == 0:
+                listener.close()
+                _child(conn)
+            conn.close()
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+        _pid_file(path).unlink(missing_ok=True)
+
+
+def _child(conn: socket.socket) -> NoReturn:
+    """Runs one command and exits; nothing raised here may reach the parent's loop."""
+    code = 1
+    try:
+        code = _run(conn)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            # The client goes away once it has the status; that must not interrupt us any more.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            if code >= 0:
+                conn.sendall(STATUS.pack(code))
+        except BaseException:
+            pass
+        finally:
+            os._exit(max(code, 0) & 0xFF)
+
+
+def _run(conn: socket.socket) -> int:
+    """The command's exit status; -1 for a connection that was only a probe."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    request = _receive(conn)
+    if request is None:  # `llbgen resident status` or start's wait: nothing to run
+        return -1
+    threading.Thread(target=_relay_signals, args=(conn,), name="resident-signals", daemon=True).start()
+    from llbgen.cli import main
+
+    try:
+        return main(request["argv"])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+def _receive(conn: socket.socket) -> dict[str, Any] | None:
+    """Takes over the client's descriptors, directory, environment and umask; returns the request."""
+    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+    if uid != os.getuid():
+        raise PermissionError(f"a client of uid {uid} connected")
+    header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    if not header:
+        return None
+    if len(header) != HEADER.size or len(fds) != 3:
+        raise ValueError("malformed request")
+    (size,) = HEADER.unpack(header)
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ValueError("truncated request")
+        data += chunk
+    request: dict[str, Any] = json.loads(data)
+    # Only the command's name: its arguments may carry build args a user considers secret.
+    _log(f"pid {os.getpid()}: llbgen {(request['argv'] or ['(no command)'])[0]}")
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False, buffering=1 if os.isatty(1) else -1)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.umask(request["umask"])
+    sys.argv = ["llbgen", *request["argv"]]
+    return request
+
+
+def _relay_signals(conn: socket.socket) -> None:
+    """Raises the signals the client relays; a client that went away counts as Ctrl-C."""
+    names = {value: signum for signum, value in SIGNALS.items()}
+    main = threading.main_thread().ident
+    assert main is not None
+    while True:
+        try:
+            data = conn.recv(1)
+        except OSError:
+            data = b""
+        # To the main thread itself, so that a blocking call there is interrupted.
+        if not data:
+            signal.pthread_kill(main, signal.SIGINT)
+            return
+        if data in names:
+            signal.pthread_kill(main, names[data])
+
+
+def _pid_file(path: Path) -> Path:
+    return path.with_suffix(".pid")
+
+
+def log_file(path: Path) -> Path:
+    return path.with_suffix(".log")
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _answering(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def start() -> Path:
+    """Starts a resident process for the current code unless one runs; returns its socket."""
+    code = fingerprint()
+    path = Path(socket_path(code))
+    if _answering(path):
+        return path
+    with open(log_file(path), "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "llbgen.resident.server", str(path), code],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+        )  # fmt: skip
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not _answering(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the resident llbgen did not start; see {log_file(path)}")
+        time.sleep(0.05)
+    return path
+
+
+def stop() -> bool:
+    """Stops the resident process of the current code; False if none was running."""
+    path = Path(socket_path())
+    try:
+        pid = int(_pid_file(path).read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 5
+    while _answering(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def status() -> tuple[bool, Path]:
+    path = Path(socket_path())
+    return _answering(path), path
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    serve(Path(sys.argv[1]), sys.argv[2])
