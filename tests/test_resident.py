@@ -45,7 +45,7 @@ def resident(cli: Cli, tmp_path: Path) -> Iterator[tuple[Cli, int]]:
     """``cli`` with a resident llbgen of its own (private XDG_RUNTIME_DIR); yields its pid."""
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    cli.env.update(XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on")
+    cli.env.update(XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", DOCKER_HUB_PASSWORD="hunter2")
     cli.write_image("probe", PROBE)
     started = cli("resident", "start")
     assert started.code == 0, started.stderr
@@ -81,6 +81,15 @@ def test_commands_run_in_the_resident_process_as_they_would_in_process(resident:
     assert remote["cwd"] == local["cwd"] == str(cli.cwd / "sub")
     assert remote["marker"] == local["marker"] == "from the client"
     assert remote["umask"] == local["umask"] == 0o027
+
+
+def test_the_resident_process_keeps_no_credentials_from_the_shell_that_started_it(
+    resident: tuple[Cli, int],
+) -> None:
+    _, pid = resident
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith(b"DOCKER_HUB_PASSWORD=")]
+    assert any(v.startswith(b"PATH=") for v in environ)
 
 
 def test_errors_and_exit_statuses_are_the_commands_own(resident: tuple[Cli, int]) -> None:

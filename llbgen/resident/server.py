@@ -47,6 +47,11 @@ PRELOAD = (
     "rich.console",
     "rich.live",
 )
+#: What the resident process keeps of the environment it is started from: each command brings its
+#: own, and credentials in the starting shell's environment have no business living on in it.
+_KEPT_ENV = (
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "XDG_RUNTIME_DIR", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+)  # fmt: skip
 #: How often an idle resident process checks whether llbgen's code changed.
 _CHECK_INTERVAL = 10.0
 _START_TIMEOUT = 20.0
@@ -210,7 +215,7 @@ def start() -> Path:
         subprocess.Popen(
             [sys.executable, "-m", "llbgen.resident.server", str(path), code],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+            env={**{k: v for k, v in os.environ.items() if k in _KEPT_ENV}, "GRPC_VERBOSITY": "NONE"},
         )  # fmt: skip
     deadline = time.monotonic() + _START_TIMEOUT
     while not _answering(path):
