@@ -143,10 +143,15 @@ def _wrap(
         def call() -> Any:
             result = function(request, context)
             if response_streaming:
-                for response in result:
-                    if not context.is_active():
-                        break
-                    write(response)
+                try:
+                    for response in result:
+                        if not context.is_active():
+                            break
+                        write(response)
+                finally:
+                    close = getattr(result, "close", None)  # a generator's clean-up, now rather than at GC
+                    if close is not None:
+                        close()
                 return None
             return result
 
