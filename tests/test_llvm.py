@@ -294,6 +294,19 @@ def test_tests_py_checks_each_platform(fake_project: Project, target: Platform) 
     assert "clang -O2 -target bpf -c makes a BPF ELF object" in declared
 
 
+@pytest.mark.parametrize("target", PLATFORMS, ids=str)
+def test_the_static_check_accepts_what_ldd_prints_for_a_static_binary(fake_project: Project, target: Platform) -> None:
+    """Debian's ldd indents its verdict with a tab (as the first full arm64 build showed)."""
+    ctx = fake_project.context(target, {}, AMD64)
+    [static] = [c for c in checks_for(load_suite(fake_project, "llvm"), ctx) if c.name == "clang is static"]
+    machine = {"amd64": 62, "arm64": 183}[target.architecture]
+    elf = f"elf: type=2 machine={machine} interp=0 dynamic=0\n"
+    assert evaluate(static, CommandOutcome(0, elf + "ldd: \tnot a dynamic executable\n")) == []
+    assert evaluate(static, CommandOutcome(0, elf + "ldd:         statically linked\n")) == []
+    dynamic = f"elf: type=3 machine={machine} interp=1 dynamic=1\nldd: \tlinux-vdso.so.1 (0x00007ffd)\n"
+    assert len(evaluate(static, CommandOutcome(0, dynamic))) == 2
+
+
 def test_elf_info_reads_the_headers(tmp_path: Path) -> None:
     """The shell function the checks use, on this machine's own binaries (x86-64, dynamic)."""
     script = checks.ELF_INFO + 'elf_info "$1"'

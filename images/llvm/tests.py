@@ -138,7 +138,7 @@ def tests(ctx: llbgen.BuildContext) -> list[Check]:
                 image_mount="/image",
                 expected_output=[
                     rf"^elf: type=2 machine={MACHINES[arch]} interp=0 dynamic=0$",
-                    r"^ldd: +(not a dynamic executable|statically linked)$",
+                    r"^ldd:\s+(not a dynamic executable|statically linked)$",
                 ],
             )  # fmt: skip
         )
