@@ -1,6 +1,6 @@
 """The llvm image (``images/llvm``): its graph, its pins and its checks; on the stack, the CI-sized build.
 
-The full build takes about an hour per platform on the project's 2-core machine, so CI stops at the
+The full build takes about 1.5 hours per platform on the project's 2-core machine, so CI stops at the
 cmake configure (``--arg STAGE=configure``): the native tablegens built, and the configure of both
 targets done with them, which is where a BPF-only, static, cross configuration shows. The full
 build and its structure tests are ``make e2e-llvm``.
