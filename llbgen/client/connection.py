@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +66,17 @@ class DaemonInfo:
     platforms: tuple[Platform, ...]
 
 
+def distinct_platforms(workers: Iterable[Any]) -> list[Platform]:
+    """The platforms of BuildKit workers (``ListWorkers`` records, ``Ping`` workers), in order, once each."""
+    platforms: list[Platform] = []
+    for worker in workers:
+        for p in worker.platforms:
+            platform = Platform(p.OS, p.Architecture, p.Variant).normalized()
+            if platform not in platforms:
+                platforms.append(platform)
+    return platforms
+
+
 class Connection:
     """A gRPC channel to one daemon, with the stubs llbgen uses."""
 
@@ -113,13 +125,7 @@ class Connection:
             workers = self.control.ListWorkers(control_pb2.ListWorkersRequest(), timeout=timeout)
         except grpc.RpcError as exc:
             raise self.explain(exc) from None
-        platforms: list[Platform] = []
-        for worker in workers.record:
-            for p in worker.platforms:
-                platform = Platform(p.OS, p.Architecture, p.Variant).normalized()
-                if platform not in platforms:
-                    platforms.append(platform)
-        return DaemonInfo(info.buildkitVersion.version, tuple(platforms))
+        return DaemonInfo(info.buildkitVersion.version, tuple(distinct_platforms(workers.record)))
 
     def explain(self, exc: grpc.RpcError) -> ConnectionError:
         code, details = exc.code(), exc.details() or ""

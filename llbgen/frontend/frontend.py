@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from llbgen.client.build import BuildRequest, local_dirs_needed, solve_and_return
+from llbgen.client.connection import distinct_platforms
 from llbgen.client.run import make_targets, unsupported_platforms
 from llbgen.frontend import errors, inputs, options
 from llbgen.frontend.options import FrontendOptions
@@ -213,11 +214,5 @@ def prepare(
 
 
 def worker_platforms(pong: gateway_pb2.PongResponse, environ: Mapping[str, str]) -> list[Platform]:
-    platforms: list[Platform] = []
-    for worker in pong.Workers:
-        for p in worker.platforms:
-            platform = Platform(p.OS, p.Architecture, p.Variant).normalized()
-            if platform not in platforms:
-                platforms.append(platform)
-    return platforms or options.workers_from_environ(environ)
+    return distinct_platforms(pong.Workers) or options.workers_from_environ(environ)
 
