@@ -179,3 +179,25 @@ def test_a_build_through_the_resident_process(project: Cli, tmp_path: Path) -> N
         assert ": llbgen build\n" in log.read_text()  # it was the resident process that built it
     finally:
         project("resident", "stop")
+
+
+def test_a_client_in_a_deleted_directory_or_without_stdin_runs_in_process(resident: tuple[Cli, int]) -> None:
+    cli, pid = resident
+    gone = cli.cwd / "gone"
+    gone.mkdir()
+    images = str(cli.cwd / "images")
+    script = (
+        f"import os, subprocess, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); "
+        f"sys.exit(subprocess.run([sys.executable, '-m', 'llbgen', '--images', {images!r}, 'llb', 'probe']).returncode)"
+    )
+    in_deleted = subprocess.run([sys.executable, "-c", script], env=cli.env, capture_output=True, text=True, timeout=60)
+    # The probe image itself asks for the working directory: an error at its line, no traceback.
+    assert in_deleted.returncode == 1, in_deleted.stderr
+    assert in_deleted.stderr.startswith(f"llbgen: error: {images}/probe/image.py:"), in_deleted.stderr
+    assert "Traceback" not in in_deleted.stderr
+    closed_stdin = subprocess.run(
+        [sys.executable, "-m", "llbgen", "llb", "probe", "--format", "json"], cwd=cli.cwd, env=cli.env,
+        capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.close(0),
+    )  # fmt: skip
+    assert closed_stdin.returncode == 0, closed_stdin.stderr
+    assert probe(closed_stdin.stderr)["ppid"] != pid  # ran in-process

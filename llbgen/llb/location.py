@@ -28,7 +28,7 @@ def display_path(filename: str) -> str:
     """The path relative to the working directory when it is below it, else as given."""
     try:
         rel = os.path.relpath(filename)
-    except ValueError:
+    except (ValueError, OSError):  # OSError: the working directory was deleted
         return filename
     return filename if rel.startswith("..") else rel
 

@@ -30,6 +30,7 @@ def forward(argv: Sequence[str]) -> int | None:
         return None
     try:
         path = socket_path()
+        cwd = os.getcwd()  # fails in a deleted directory: the command says so in-process
         for fd in (0, 1, 2):
             os.fstat(fd)  # a closed standard descriptor cannot be passed on
     except OSError:
@@ -43,7 +44,7 @@ def forward(argv: Sequence[str]) -> int | None:
     umask = os.umask(0)
     os.umask(umask)
     request = json.dumps(
-        {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask}
+        {"argv": list(argv), "cwd": cwd, "env": dict(os.environ), "umask": umask}
     ).encode()
     with sock:
         try:
