@@ -91,19 +91,21 @@ def _requests(
     """The request stream as a blocking iterator; ends when the stream or the call does."""
     buffer: queue.Queue[Any] = queue.Queue(_REQUEST_BUFFER)
 
+    async def put(item: Any) -> None:
+        while True:
+            try:
+                buffer.put_nowait(item)
+                return
+            except queue.Full:  # the handler is behind: wait for it, in order
+                await asyncio.sleep(0.001)
+
     async def feed() -> None:
         try:
             async for request in requests:
-                while True:
-                    try:
-                        buffer.put_nowait(request)
-                        break
-                    except queue.Full:
-                        await asyncio.sleep(0.001)
+                await put(request)
+            await put(_END)  # the client half-closed: the handler reads everything, then the end
         except (grpc.RpcError, asyncio.CancelledError):
-            pass
-        finally:
-            _put_end(buffer)
+            _put_end(buffer)  # the call is over: what the handler has not read no longer matters
 
     def iterate() -> Iterator[Any]:
         while True:
@@ -117,6 +119,7 @@ def _requests(
 
 
 def _put_end(buffer: queue.Queue[Any]) -> None:
+    """Ends the handler's request stream now, dropping a request if the buffer is full."""
     try:
         buffer.put_nowait(_END)
     except queue.Full:  # the reader is behind; make room: the call is over anyway
