@@ -3,7 +3,8 @@
 #   make e2e-llvm      the full llvm image (clang, llc, llvm-objcopy, llvm-strip; BPF only, static)
 #                      for linux/amd64 and linux/arm64 (cross-compiled), then its structure tests
 #                      on both platforms (arm64 under QEMU). About 1.5 hours per platform on a 2-core
-#                      machine when nothing is cached; CI runs only STAGE=configure
+#                      machine with ccache cold (README: 131.5 minutes measured, one
+#                      platform partly warm); CI runs only STAGE=configure
 #                      (tests/test_llvm.py).
 #
 # Variables: LLVM_PLATFORMS, LLVM_ARGS (more llbgen options, e.g. --arg JOBS=4 or
