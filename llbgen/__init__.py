@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from llbgen.llb import *  # noqa: F403
-    from llbgen.project import BuildContext, ImageDefinition, Project
+    from llbgen.project import BuildContext, ImageDefinition, Project  # noqa: F401
 
 _PROJECT_NAMES = ("BuildContext", "ImageDefinition", "Project")
 

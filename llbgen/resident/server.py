@@ -10,7 +10,6 @@ exit status. Started by ``llbgen resident start``; it exits when llbgen's code c
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import signal
