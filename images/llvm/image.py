@@ -213,13 +213,19 @@ def source(ctx: llbgen.BuildContext) -> llbgen.State:
     return package.unpack(debian.compilers(ctx), SOURCE_PATHS)
 
 
+def ccache(ctx: llbgen.BuildContext) -> llbgen.llb.mounts.Mount:
+    """The ccache directory: one per build platform, shared by the tablegens and every target's
+    compile (they take turns: ccache's own locking is not meant for concurrent builds of one tree)."""
+    return llbgen.cache(CCACHE_DIR, f"llvm-ccache-{ctx.build_platform.id}", sharing="locked")
+
+
 def native_tablegens(ctx: llbgen.BuildContext, tools: llbgen.State, src: llbgen.State) -> llbgen.State:
     """/bin/<tablegen> built for the build platform, with the native CMakeCache.txt."""
     return tools.run(
         ["sh", "-c", NATIVE, "native", _jobs(ctx), *COMMON_OPTIONS],
         mounts=[
             llbgen.bind("/src", src, readonly=True),
-            llbgen.cache(CCACHE_DIR, f"llvm-ccache-{ctx.build_platform.id}", sharing="locked"),
+            ccache(ctx),
             llbgen.tmpfs("/build"),
             llbgen.bind("/out", llbgen.scratch()),
         ],
@@ -305,7 +311,7 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
             llbgen.bind("/src", src, readonly=True),
             llbgen.bind(NATIVE_DIR, native, readonly=True),
             llbgen.bind("/configured", configured, readonly=True),
-            llbgen.cache(CCACHE_DIR, f"llvm-ccache-{ctx.build_platform.id}", sharing="locked"),
+            ccache(ctx),
             llbgen.tmpfs("/build"),
             llbgen.bind("/out", llbgen.scratch()),
         ],
