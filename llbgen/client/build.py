@@ -9,18 +9,20 @@ there is one way a build runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import attrs
 import grpc
 
-from llbgen.client.connection import Connection
+from llbgen.client.connection import BlockingStub, Connection, wait
 from llbgen.client.imageconfig import encode as encode_config
 from llbgen.client.outputs import CacheOption, Output
 from llbgen.llb.definition import Definition
@@ -83,17 +85,21 @@ def run_build(
     """
     ref = secrets.token_hex(13)
     with Session(services, shared_key=request.shared_key) as session:
-        session.attach(connection.open_aio_channel)
+        session.attach(connection.channel)
         status = _StatusReader(connection, ref, on_status)
-        solve = connection.control.Solve.future(_solve_request(request, ref, session.id))
+        solve_request = _solve_request(request, ref, session.id)
+        solve = connection.submit(lambda: connection.control.Solve(solve_request))
         try:
             try:
-                solve_and_return(connection.bridge, request, [(_BUILD_ID, ref)])
+                solve_and_return(BlockingStub(connection, connection.bridge), request, [(_BUILD_ID, ref)])
             except grpc.RpcError as exc:
                 # The solve fails as well and says why, better than the bridge can.
-                _wait(solve, timeout=10.0)
+                try:
+                    wait(solve, timeout=10.0)
+                except TimeoutError:
+                    pass
                 raise _failure(exc) from None
-            response = _wait(solve)
+            response = wait(solve)
         except KeyboardInterrupt:
             solve.cancel()
             status.stop()
@@ -108,17 +114,6 @@ def run_build(
         if status.error is not None:
             raise _failure(status.error)
         return dict(response.ExporterResponse)
-
-
-def _wait(future: Any, timeout: float | None = None) -> Any:
-    """``future.result()``, polled so that Ctrl-C reaches the main thread promptly."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            return future.result(timeout=_POLL)
-        except grpc.FutureTimeoutError:
-            if deadline is not None and time.monotonic() > deadline:
-                return None
 
 
 def _failure(exc: BaseException) -> BuildFailed:
@@ -166,8 +161,8 @@ def solve_and_return(bridge: Any, request: BuildRequest, metadata: Sequence[tupl
     ``llbgen build`` calls it in gateway-client mode (``metadata`` names the build), and llbgen's
     ``# syntax=`` frontend over its own LLBBridge connection.
     """
+    # No Ping first: every LLBBridge call waits (up to 3 s) for the build it names to be registered.
     md = list(metadata)
-    bridge.Ping(gateway_pb2.PingRequest(), metadata=md, timeout=30)
     refs: dict[str, str] = {}
     for target in request.targets:
         pb_definition = target.definition.to_pb()
@@ -203,7 +198,11 @@ def solve_and_return(bridge: Any, request: BuildRequest, metadata: Sequence[tupl
 
 
 class _StatusReader:
-    """Reads ``Control.Status`` for the build in a thread and hands every update on."""
+    """Reads ``Control.Status`` for the build in a thread and hands every update on.
+
+    A thread of its own, not the loop: the progress printer may block on the terminal, and the
+    loop carries the session.
+    """
 
     def __init__(
         self,
@@ -211,7 +210,12 @@ class _StatusReader:
         ref: str,
         on_status: Callable[[control_pb2.StatusResponse], None],
     ) -> None:
-        self._call = connection.control.Status(control_pb2.StatusRequest(Ref=ref))
+        self._connection = connection
+
+        async def open_stream() -> Any:
+            return connection.control.Status(control_pb2.StatusRequest(Ref=ref))
+
+        self._call = connection.call(open_stream)
         self._on_status = on_status
         self._last = time.monotonic()
         self.error: grpc.RpcError | None = None
@@ -220,12 +224,14 @@ class _StatusReader:
 
     def _read(self) -> None:
         try:
-            for response in self._call:
+            while (response := self._connection.call(self._call.read)) is not grpc.aio.EOF:  # type: ignore[attr-defined]
                 self._last = time.monotonic()
                 self._on_status(response)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = exc
+        except (asyncio.CancelledError, futures.CancelledError):
+            pass
 
     def finish(self, idle: float) -> None:
         """Waits for the stream to end, giving up once it has been silent for ``idle`` seconds."""
@@ -236,7 +242,7 @@ class _StatusReader:
         self._thread.join()
 
     def stop(self) -> None:
-        self._call.cancel()
+        self._connection.loop.call_soon_threadsafe(self._call.cancel)
         self._thread.join(timeout=5)
 
 

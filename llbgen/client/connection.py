@@ -7,15 +7,18 @@ Addresses are those of buildctl's ``--addr`` / ``BUILDKIT_HOST``: ``unix:///path
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,9 +27,13 @@ import grpc
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import control_pb2, control_pb2_grpc, gateway_pb2_grpc
-from llbgen.session.core import GRPC_OPTIONS
+from llbgen.session.core import GRPC_OPTIONS, background_loop
 
 PROBE_TIMEOUT = 10.0
+#: How often a wait on the loop wakes up to let Ctrl-C through.
+_POLL = 0.2
+
+T = TypeVar("T")
 
 
 class ConnectionError(LLBGenError):
@@ -78,7 +85,13 @@ def distinct_platforms(workers: Iterable[Any]) -> list[Platform]:
 
 
 class Connection:
-    """A gRPC channel to one daemon, with the stubs llbgen uses."""
+    """A gRPC channel to one daemon, with the stubs llbgen uses.
+
+    An asyncio channel, on the loop the session also runs on (:func:`background_loop`): one
+    connection carries the probe, the solve, the status stream and the session, and a call
+    costs no hand-off between threads inside grpcio. Synchronous code starts calls with
+    :meth:`submit` and :meth:`call`.
+    """
 
     def __init__(self, address: str, tls: TLSConfig = TLSConfig()) -> None:
         self.address = address
@@ -104,25 +117,44 @@ class Connection:
             raise UsageError(
                 f"unsupported address {address!r}: use unix:///PATH, tcp://HOST:PORT or docker-container://NAME"
             )
-        self._target, self._credentials, self._options = target, credentials, options
-        if credentials is None:
-            self.channel = grpc.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.secure_channel(target, credentials, options=options)
+        self.loop = background_loop()
+
+        async def open_channel() -> grpc.aio.Channel:  # an asyncio channel belongs to its loop
+            if credentials is None:
+                return grpc.aio.insecure_channel(target, options=options)
+            return grpc.aio.secure_channel(target, credentials, options=options)
+
+        self.channel = self.call(open_channel)
         self.control = control_pb2_grpc.ControlStub(self.channel)  # type: ignore[no-untyped-call]
         self.bridge = gateway_pb2_grpc.LLBBridgeStub(self.channel)  # type: ignore[no-untyped-call]
 
-    def open_aio_channel(self) -> grpc.aio.Channel:
-        """A second channel to the same daemon, for asyncio code (the session); call it on the loop."""
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(self._target, options=self._options)
-        return grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
+    def submit(self, call: Callable[[], Awaitable[T]]) -> futures.Future[T]:
+        """Starts ``call()`` (an RPC on :attr:`control` or :attr:`bridge`, say) on the channel's loop.
+
+        Cancelling the returned future cancels the call.
+        """
+
+        async def run() -> T:
+            return await call()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop)
+
+    def call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` run on the channel's loop, waited for; Ctrl-C interrupts the wait and cancels it."""
+        return wait(self.submit(call))
 
     def probe(self, timeout: float = PROBE_TIMEOUT) -> DaemonInfo:
         """Asks the daemon who it is and what it builds for; a clear error within ``timeout``."""
+
+        async def ask() -> tuple[Any, Any]:
+            # Both at once: one round trip to wait for, not two.
+            return await asyncio.gather(
+                self.control.Info(control_pb2.InfoRequest(), timeout=timeout),
+                self.control.ListWorkers(control_pb2.ListWorkersRequest(), timeout=timeout),
+            )
+
         try:
-            info = self.control.Info(control_pb2.InfoRequest(), timeout=timeout)
-            workers = self.control.ListWorkers(control_pb2.ListWorkersRequest(), timeout=timeout)
+            info, workers = self.call(ask)
         except grpc.RpcError as exc:
             raise self.explain(exc) from None
         return DaemonInfo(info.buildkitVersion.version, tuple(distinct_platforms(workers.record)))
@@ -148,9 +180,45 @@ class Connection:
         return ConnectionError(f"BuildKit at {self.address} refused the request: {code.name}: {details}")
 
     def close(self) -> None:
-        self.channel.close()
-        if self._bridge is not None:
-            self._bridge.close()
+        try:
+            self.call(lambda: self.channel.close(None))
+        finally:
+            if self._bridge is not None:
+                self._bridge.close()
+
+
+class BlockingStub:
+    """A synchronous view of an asyncio stub's unary methods, run on the connection's loop.
+
+    For code shared with callers that hold a synchronous stub (``solve_and_return``, which the
+    ``# syntax=`` frontend also runs).
+    """
+
+    def __init__(self, connection: Connection, stub: Any) -> None:
+        self._connection = connection
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+        return lambda *args, **kwargs: self._connection.call(lambda: method(*args, **kwargs))
+
+
+def wait(future: futures.Future[T], timeout: float | None = None) -> T:
+    """``future.result()``, polled so that Ctrl-C reaches the main thread; cancels it on Ctrl-C.
+
+    Raises ``TimeoutError`` after ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                return future.result(timeout=_POLL)
+            except futures.TimeoutError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError from None
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
 
 
 class _StdioBridge:

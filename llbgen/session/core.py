@@ -5,7 +5,7 @@ which the daemon is the gRPC client and we are the server. grpcio cannot serve o
 but it can serve on a unix socket, so the session runs a server on a private socket and pumps
 bytes between that socket and the stream.
 
-Server, pump and the stream run on one asyncio event loop in a thread of their own: a file
+Server, pump and the stream run on one asyncio event loop in a thread of its own: a file
 transfer is three small messages per file, and grpcio's asyncio API costs about half as much per
 message as its threaded one, with no hand-off between threads for each message.
 """
@@ -13,11 +13,12 @@ message as its threaded one, with no hand-off between threads for each message.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -27,12 +28,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from llbgen.pb import control_pb2, control_pb2_grpc
-from llbgen.session.threaded import AdaptingHandler, GenericHandler, MethodHandler, adapt
+from llbgen.session.threaded import (
+    AdaptingHandler,
+    GenericHandler,
+    MethodHandler,
+    adapt,
+)
 
 _COALESCE = 1 << 20
-#: How long the pump waits for more bytes after a small read, to send them as one message.
+#: How long the pump waits for more bytes after a small read, to send them as one message...
 _LINGER = 0.001
 _SMALL = 64 << 10
+#: ...when it sent the last message less than this long ago: in a transfer, not in a quick
+#: exchange of requests and answers, where waiting would only add to every round trip.
+_BURST = 0.002
 _HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 << 20),
@@ -80,21 +89,48 @@ class _Registry:
         self._server.add_registered_method_handlers(service_name, adapted)  # type: ignore[attr-defined]
 
 
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The event loop sessions run on: one per process, in a daemon thread, started on first use.
+
+    One loop for the life of the process rather than one per session: starting a loop and its
+    thread is a tenth of a fully cached build, and the resident process (``llbgen resident``)
+    starts this one before a command arrives.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="llbgen-session", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def _forget_loop() -> None:
+    """In a forked child: the loop's thread was not copied, so the loop is not running there."""
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_loop)
+
+
 class ServiceServer:
-    """``services`` served on the unix socket ``path``, by a grpc.aio server on its own loop thread."""
+    """``services`` served on the unix socket ``path`` by a grpc.aio server on :func:`background_loop`."""
 
     def __init__(self, services: Sequence[Service], path: Path) -> None:
         self.path = path
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="llbgen-session", daemon=True)
-        self._thread.start()
+        self.loop = background_loop()
         # Each synchronous bidi stream (export, ssh forwarding) holds a thread for its whole life.
         self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llbgen-session")
         self.methods = [_HEALTH_METHOD]
         try:
             self._server = self.run(self._start(services))
         except BaseException:
-            self._stop_loop()
+            self._pool.shutdown(wait=False)
             raise
 
     async def _start(self, services: Sequence[Service]) -> grpc.aio.Server:
@@ -114,18 +150,10 @@ class ServiceServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            try:
-                self.run(self._server.stop(grace=None))
-            finally:
-                self._stop_loop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
+        try:
+            self.run(self._server.stop(grace=None))
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Inbound(asyncio.Protocol):
@@ -136,6 +164,7 @@ class _Inbound(asyncio.Protocol):
         self.ready = asyncio.Event()
         self.eof = False
         self.transport: asyncio.Transport | None = None
+        self._last_take = float("-inf")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -157,22 +186,21 @@ class _Inbound(asyncio.Protocol):
         self.ready.set()
 
     async def take(self) -> bytes:
-        """Up to ``_COALESCE`` bytes, waiting a moment after a small read for more to arrive."""
+        """Up to ``_COALESCE`` bytes; in a transfer, after a moment's wait for more to arrive."""
         while not self.buffer:
             if self.eof:
                 return b""
             self.ready.clear()
             await self.ready.wait()
-        if len(self.buffer) < _SMALL and not self.eof:
+        loop = asyncio.get_running_loop()
+        if len(self.buffer) < _SMALL and not self.eof and loop.time() - self._last_take < _BURST:
             await asyncio.sleep(_LINGER)
+        self._last_take = loop.time()
         data = bytes(self.buffer[:_COALESCE])
         del self.buffer[:_COALESCE]
         if self.transport is not None and len(self.buffer) < _COALESCE:
             self.transport.resume_reading()
         return data
-
-
-ChannelFactory = Callable[[], grpc.aio.Channel]
 
 
 class Session:
@@ -193,7 +221,6 @@ class Session:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         self.methods = self._server.methods
-        self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
         self._pump: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -207,18 +234,15 @@ class Session:
         md.extend(("x-docker-expose-session-grpc-method", m) for m in self.methods)
         return md
 
-    def attach(self, open_channel: ChannelFactory) -> None:
-        """Opens the session stream on a channel from ``open_channel`` and starts the pump.
+    def attach(self, channel: grpc.aio.Channel) -> None:
+        """Opens the session stream on ``channel`` (an asyncio channel on the session's loop,
+        :func:`background_loop`) and starts the pump. The channel stays the caller's to close."""
+        self._server.run(self._attach(channel))
 
-        The channel is an asyncio one, made on the session's loop: ``open_channel`` is called there.
-        """
-        self._server.run(self._attach(open_channel))
-
-    async def _attach(self, open_channel: ChannelFactory) -> None:
+    async def _attach(self, channel: grpc.aio.Channel) -> None:
         loop = asyncio.get_running_loop()
         transport, inbound = await loop.create_unix_connection(_Inbound, str(self._server.path))
-        self._channel = open_channel()
-        stub = control_pb2_grpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+        stub = control_pb2_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
 
         async def outgoing() -> AsyncIterator[control_pb2.BytesMessage]:
             while data := await inbound.take():
@@ -247,8 +271,6 @@ class Session:
             self._call.cancel()
         if self._pump is not None:
             await _settle(self._pump, timeout=5)
-        if self._channel is not None:
-            await self._channel.close(None)
 
     def close(self) -> None:
         try:
