@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +25,6 @@ from llbgen.llb.platform import Platform
 from llbgen.project import Project
 from llbgen.structure import cli as structure_cli
 
-
 T = TypeVar("T")
 
 
@@ -34,11 +34,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ns = parser().parse_args(argv)
+    if ns.images is None:
+        ns.images = Path(os.environ.get("LLBGEN_IMAGES", "images"))
+    return ns
+
+
+@functools.cache
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser; made once, as the resident process (``llbgen resident``) does
+    before it forks, so that commands it runs do not build it again."""
     parser = _Parser(prog="llbgen", description="Container images as Python functions, built with BuildKit.")
     parser.add_argument(
         "--images",
         type=Path,
-        default=Path(os.environ.get("LLBGEN_IMAGES", "images")),
         help="directory of image definitions (default: ./images or $LLBGEN_IMAGES)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,7 +97,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "resident", help="keep llbgen imported in a process that runs later commands (faster start)"
     )
     resident.add_argument("action", choices=("status", "stop", "start"))
-    return parser.parse_args(argv)
+    return parser
 
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:

@@ -12,10 +12,10 @@ This module is imported by every ``python -m llbgen``: standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
+import zlib
 
 #: Set to 0/off/no to always run in-process.
 ENV_SWITCH = "LLBGEN_RESIDENT"
@@ -27,16 +27,19 @@ def fingerprint(package: str = _PACKAGE) -> str:
     """Identifies the code a resident process runs: the interpreter and llbgen's files.
 
     A resident process started before a change to llbgen would run the old code; with the
-    fingerprint in the socket's name, commands after the change do not find it.
+    fingerprint in the socket's name, commands after the change do not find it. A checksum, not
+    a cryptographic hash: it tells versions of one user's own files apart, and importing
+    :mod:`hashlib` would cost every command more time than walking the package does.
     """
-    digest = hashlib.sha256(f"{sys.executable}\0{sys.version}\0{package}".encode())
+    parts = [sys.executable, sys.version, package]
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
             if name.endswith((".py", ".so")):
                 st = os.stat(os.path.join(root, name))
-                digest.update(f"{root}/{name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return digest.hexdigest()[:16]
+                parts.append(f"{root}/{name}\0{st.st_mtime_ns}\0{st.st_size}")
+    data = "\0".join(parts).encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 def runtime_dir() -> str:

@@ -1,17 +1,19 @@
 """The resident process: imports llbgen once, then forks a child for each command it is handed.
 
 The parent never creates a gRPC channel, a thread or an event loop, so each child starts from a
-clean, single-threaded copy and connects to BuildKit itself. A child takes over the client's
-descriptors, working directory, environment and umask, runs ``llbgen.cli.main`` and sends back the
-exit status. Started by ``llbgen resident start``; it exits when llbgen's code changes (see
+clean, single-threaded copy, starts gRPC and the session loop while it waits for a command (the
+"spare"), and connects to BuildKit itself. A child takes over the client's descriptors, working
+directory, environment and umask, runs ``llbgen.cli.main`` and sends back the exit status. Started by ``llbgen resident start``; it exits when llbgen's code changes (see
 :func:`llbgen.resident.fingerprint`) or on ``llbgen resident stop``.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
-import json
+import marshal
 import os
+import select
 import signal
 import socket
 import struct
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from llbgen.resident import fingerprint, socket_path
-from llbgen.resident.client import HEADER, SIGNALS, STATUS
+from llbgen.resident.client import HEADER_SIZE, SIGNALS, STATUS_SIZE
 
 #: What a command may need, imported before the first fork (the TTY progress view included).
 PRELOAD = (
@@ -43,6 +45,9 @@ PRELOAD = (
     "llbgen.progress.tty",
     "llbgen.structure",
     "grpc.aio",
+    "grpc._channel",  # imported by grpc on the first channel
+    "grpc.experimental",
+    "concurrent.futures.thread",
     "rich.console",
     "rich.live",
 )
@@ -57,9 +62,18 @@ _START_TIMEOUT = 20.0
 
 
 def serve(path: Path, code: str) -> None:
-    """Serves commands on ``path`` until llbgen's code no longer matches ``code``."""
+    """Serves commands on ``path`` until llbgen's code no longer matches ``code``.
+
+    A spare child is always forked and waiting: it is the one that accepts the next connection,
+    so forking and :func:`_warm_up` happen between commands rather than in one. The parent only
+    forks the next spare when one reports (on a pipe) that it took a connection.
+    """
     for name in PRELOAD:
         importlib.import_module(name)
+    importlib.import_module("llbgen.cli").parser()
+    # What is here now lives as long as the process: out of the collector's sight, the children's
+    # collections do not touch (and so copy) the pages of all the modules above.
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path.unlink(missing_ok=True)
     old = os.umask(0o077)
@@ -68,29 +82,79 @@ def serve(path: Path, code: str) -> None:
     finally:
         os.umask(old)
     listener.listen(64)
-    listener.settimeout(_CHECK_INTERVAL)
     _pid_file(path).write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Spares watch the read end: end of file means the parent is gone and they should go too.
+    lifeline, parent_end = os.pipe()
     _log(f"serving {path} (llbgen {code}, pid {os.getpid()})")
+    spare = None
     try:
         while True:
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                if fingerprint() != code:
-                    _log("llbgen's code changed: exiting")
-                    log_file(path).unlink(missing_ok=True)
-                    return
-                continue
-            if os.fork() == 0:
-                listener.close()
-                _child(conn)
-            conn.close()
+            taken_r, taken_w = os.pipe()
+            spare = os.fork()
+            if spare == 0:
+                os.close(taken_r)
+                os.close(parent_end)
+                _spare(listener, lifeline, taken_w)
+            os.close(taken_w)
+            with open(taken_r, "rb", buffering=0) as taken:
+                while not select.select([taken], [], [], _CHECK_INTERVAL)[0]:
+                    if fingerprint() != code:
+                        _log("llbgen's code changed: exiting")
+                        log_file(path).unlink(missing_ok=True)
+                        return
+                if not taken.read(1):  # the spare died waiting; do not fork in a tight loop
+                    _log(f"spare {spare} ended before it took a command")
+                    time.sleep(1.0)
+            spare = None
     finally:
+        if spare:
+            _kill(spare)
         listener.close()
         path.unlink(missing_ok=True)
         _pid_file(path).unlink(missing_ok=True)
+
+
+def _spare(listener: socket.socket, lifeline: int, taken: int) -> NoReturn:
+    """Gets ready for a command, waits for one (or for the parent to go) and runs it."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _warm_up()
+        ready = select.select([listener.fileno(), lifeline], [], [])[0]
+        if listener.fileno() not in ready:
+            os._exit(0)
+        conn, _ = listener.accept()
+        os.write(taken, b"x")
+        os.close(taken)
+        os.close(lifeline)
+        listener.close()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    _child(conn)
+
+
+def _warm_up() -> None:
+    """What every command needs and no command's input changes: gRPC's core, the session loop.
+
+    gRPC's core reads its own environment variables (``GRPC_TRACE`` and the like) when it starts:
+    here, before a command's environment arrives. ``LLBGEN_RESIDENT=off`` runs a command with its
+    own.
+    """
+    import grpc.aio
+
+    from llbgen.session.core import background_loop
+
+    grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # public, but not in grpc-stubs
+    background_loop()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
 
 
 def _child(conn: socket.socket) -> NoReturn:
@@ -107,7 +171,7 @@ def _child(conn: socket.socket) -> NoReturn:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             if code >= 0:
-                conn.sendall(STATUS.pack(code))
+                conn.sendall(code.to_bytes(STATUS_SIZE, "big", signed=True))
         except BaseException:
             pass
         finally:
@@ -136,19 +200,19 @@ def _receive(conn: socket.socket) -> dict[str, Any] | None:
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
     if uid != os.getuid():
         raise PermissionError(f"a client of uid {uid} connected")
-    header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
+    header, fds, _, _ = socket.recv_fds(conn, HEADER_SIZE, 3)
     if not header:
         return None
-    if len(header) != HEADER.size or len(fds) != 3:
+    if len(header) != HEADER_SIZE or len(fds) != 3:
         raise ValueError("malformed request")
-    (size,) = HEADER.unpack(header)
+    size = int.from_bytes(header, "big")
     data = b""
     while len(data) < size:
         chunk = conn.recv(size - len(data))
         if not chunk:
             raise ValueError("truncated request")
         data += chunk
-    request: dict[str, Any] = json.loads(data)
+    request: dict[str, Any] = marshal.loads(data)
     # Only the command's name: its arguments may carry build args a user considers secret.
     _log(f"pid {os.getpid()}: llbgen {(request['argv'] or ['(no command)'])[0]}")
     for target, fd in zip((0, 1, 2), fds):
@@ -160,6 +224,7 @@ def _receive(conn: socket.socket) -> dict[str, Any] | None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # as llbgen.cli sets it in-process
     os.umask(request["umask"])
     sys.argv = ["llbgen", *request["argv"]]
     return request
