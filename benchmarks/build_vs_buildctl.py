@@ -1,9 +1,10 @@
-"""llbgen build vs buildctl, side by side in one run, on the stack's daemon (scripts/stack-up).
+"""llbgen build vs buildctl, side by side in one run.
 
+Each on a private buildkitd with the stack's configuration (scripts/stack-up) and empty state.
 upload:  the first transfer of a 10,000-file / 200 MB context. Both tools solve the same LLB
-         (printed by ``llbgen llb``), on a private buildkitd whose cache is pruned before each run.
+         (printed by ``llbgen llb``); the daemon's cache is pruned before each run.
 rebuild: a fully cached rebuild of images/hello, by llbgen and by buildctl with the equivalent
-         Dockerfile, on the stack's daemon. Wall time of the whole command, runs interleaved;
+         Dockerfile. Wall time of the whole command, runs interleaved;
          llbgen both as a fresh process (LLBGEN_RESIDENT=off) and handed over to a resident
          llbgen (`llbgen resident start`), which saves CPython's start-up and the imports.
 
@@ -13,6 +14,7 @@ Usage: .venv/bin/python benchmarks/build_vs_buildctl.py [upload|rebuild|all] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +49,8 @@ def timed(argv: list[str], **kwargs: object) -> float:
 
 def report(name: str, ours: list[float], theirs: list[float], target: float) -> None:
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"{name}: llbgen median {a:.2f}s (runs {', '.join(f'{t:.2f}' for t in ours)})")
-    print(f"{name}: buildctl median {b:.2f}s (runs {', '.join(f'{t:.2f}' for t in theirs)})")
+    print(f"{name}: llbgen median {a:.3f}s (runs {', '.join(f'{t:.3f}' for t in ours)})")
+    print(f"{name}: buildctl median {b:.3f}s (runs {', '.join(f'{t:.3f}' for t in theirs)})")
     print(f"{name}: ratio llbgen/buildctl = {a / b:.2f} (target <= {target})")
 
 
@@ -60,46 +63,57 @@ def make_context(root: Path, files: int = 10_000, total: int = 200 << 20) -> Non
         (sub / f"f{i:05d}.bin").write_bytes(chunk[i % 97 :] + chunk[: i % 97])
 
 
+@contextlib.contextmanager
+def private_daemon(work: Path) -> Iterator[str]:
+    """A buildkitd of the benchmark's own, with the stack's configuration and empty state; its address.
+
+    Not the stack's daemon: that one keeps two days of build history, which every build reads,
+    so its timings drift as the test suite runs.
+    """
+    state = work / "bk"
+    state.mkdir()
+    address = f"unix://{state}/buildkitd.sock"
+    daemon = subprocess.Popen(
+        ["buildkitd", "--addr", address, "--root", str(state / "root"), "--config", str(STACK / "buildkitd.toml")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if subprocess.run(["buildctl", "--addr", address, "debug", "workers"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        yield address
+    finally:
+        daemon.terminate()
+        daemon.wait()
+
+
 def upload(runs: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
-    daemon = None
     try:
         project = work / "project"
         (project / "images" / "upload").mkdir(parents=True)
         (project / "images" / "upload" / "image.py").write_text(UPLOAD_IMAGE)
         ctx = work / "ctx"
         make_context(ctx)
-        state = work / "bk"
-        address = f"unix://{state}/buildkitd.sock"
-        state.mkdir()
-        daemon = subprocess.Popen(
-            ["buildkitd", "--addr", address, "--root", str(state / "root"), "--config", str(STACK / "buildkitd.toml")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for _ in range(100):
-            if subprocess.run(["buildctl", "--addr", address, "debug", "workers"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        definition = work / "upload.pb"
-        with open(definition, "wb") as out:
-            subprocess.run(LLBGEN + ["llb", "upload", "--platform", "linux/amd64"], cwd=project, stdout=out, check=True)
-        env = dict(os.environ, BUILDKIT_HOST=address)
-        prune = ["buildctl", "--addr", address, "prune", "--all"]
-        ours, theirs = [], []
-        for _ in range(runs):
-            subprocess.run(prune, check=True, capture_output=True)
-            ours.append(
-                timed(LLBGEN + ["build", "upload", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain"], cwd=project, env=env)
-            )
-            subprocess.run(prune, check=True, capture_output=True)
-            theirs.append(
-                timed(["buildctl", "--addr", address, "build", "--local", f"ctx={ctx}", "--progress", "plain"], stdin=open(definition, "rb"))
-            )
-        report("upload 10,000 files / 200 MB", ours, theirs, 1.5)
+        with private_daemon(work) as address:
+            definition = work / "upload.pb"
+            with open(definition, "wb") as out:
+                subprocess.run(LLBGEN + ["llb", "upload", "--platform", "linux/amd64"], cwd=project, stdout=out, check=True)
+            env = dict(os.environ, BUILDKIT_HOST=address)
+            prune = ["buildctl", "--addr", address, "prune", "--all"]
+            ours, theirs = [], []
+            for _ in range(runs):
+                subprocess.run(prune, check=True, capture_output=True)
+                ours.append(
+                    timed(LLBGEN + ["build", "upload", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain"], cwd=project, env=env)
+                )
+                subprocess.run(prune, check=True, capture_output=True)
+                theirs.append(
+                    timed(["buildctl", "--addr", address, "build", "--local", f"ctx={ctx}", "--progress", "plain"], stdin=open(definition, "rb"))
+                )
+            report("upload 10,000 files / 200 MB", ours, theirs, 1.5)
     finally:
-        if daemon is not None:
-            daemon.terminate()
-            daemon.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -116,8 +130,6 @@ LABEL org.opencontainers.image.title=hello
 
 
 def rebuild(runs: int) -> None:
-    env_values = dict(line.split("=", 1) for line in (STACK / "stack.env").read_text().splitlines() if "=" in line and not line.startswith("#"))
-    address = env_values["BUILDKIT_HOST"]
     base = json.loads((STACK / "bases.json").read_text())["debian:trixie"]
     sys.path.insert(0, str(ROOT / "images" / "hello"))
     script = __import__("image").SCRIPT
@@ -126,25 +138,26 @@ def rebuild(runs: int) -> None:
         (work / "Dockerfile").write_text(DOCKERFILE.format(base=base, script=script))
         runtime = work / "run"
         runtime.mkdir(mode=0o700)
-        env = dict(os.environ, BUILDKIT_HOST=address, XDG_RUNTIME_DIR=str(runtime))
-        fresh_env = dict(env, LLBGEN_RESIDENT="off")
-        ours_cmd = LLBGEN + ["build", "hello", "--platform", "linux/amd64", "--progress", "plain"]
-        theirs_cmd = [
-            "buildctl", "--addr", address, "build", "--frontend", "dockerfile.v0",
-            "--local", f"context={ROOT}", "--local", f"dockerfile={work}", "--opt", "platform=linux/amd64",
-            "--progress", "plain",
-        ]  # fmt: skip
-        subprocess.run(LLBGEN + ["resident", "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-        timed(ours_cmd, cwd=ROOT, env=fresh_env)  # warm both caches
-        timed(theirs_cmd)
-        fresh, resident, theirs = [], [], []
-        for _ in range(runs):
-            fresh.append(timed(ours_cmd, cwd=ROOT, env=fresh_env))
-            resident.append(timed(ours_cmd, cwd=ROOT, env=env))
-            theirs.append(timed(theirs_cmd))
-        report("cached rebuild of hello, llbgen as a fresh process", fresh, theirs, 1.2)
-        report("cached rebuild of hello, llbgen through `llbgen resident`", resident, theirs, 1.2)
-        subprocess.run(LLBGEN + ["resident", "stop"], env=env, check=True, stdout=subprocess.DEVNULL)
+        with private_daemon(work) as address:
+            env = dict(os.environ, BUILDKIT_HOST=address, XDG_RUNTIME_DIR=str(runtime))
+            fresh_env = dict(env, LLBGEN_RESIDENT="off")
+            ours_cmd = LLBGEN + ["build", "hello", "--platform", "linux/amd64", "--progress", "plain"]
+            theirs_cmd = [
+                "buildctl", "--addr", address, "build", "--frontend", "dockerfile.v0",
+                "--local", f"context={ROOT}", "--local", f"dockerfile={work}", "--opt", "platform=linux/amd64",
+                "--progress", "plain",
+            ]  # fmt: skip
+            subprocess.run(LLBGEN + ["resident", "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+            timed(ours_cmd, cwd=ROOT, env=fresh_env)  # warm both caches
+            timed(theirs_cmd)
+            fresh, resident, theirs = [], [], []
+            for _ in range(runs):
+                fresh.append(timed(ours_cmd, cwd=ROOT, env=fresh_env))
+                resident.append(timed(ours_cmd, cwd=ROOT, env=env))
+                theirs.append(timed(theirs_cmd))
+            report("cached rebuild of hello, llbgen as a fresh process", fresh, theirs, 1.2)
+            report("cached rebuild of hello, llbgen through `llbgen resident`", resident, theirs, 1.2)
+            subprocess.run(LLBGEN + ["resident", "stop"], env=env, check=True, stdout=subprocess.DEVNULL)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
