@@ -85,10 +85,13 @@ def run_build(
     """
     ref = secrets.token_hex(13)
     with Session(services, shared_key=request.shared_key) as session:
-        session.attach(connection.channel)
+        # Session, status stream and solve all start at once: the daemon matches them up.
+        attached = session.attach(connection.channel)
         status = _StatusReader(connection, ref, on_status)
         solve_request = _solve_request(request, ref, session.id)
         solve = connection.submit(lambda: connection.control.Solve(solve_request))
+        # A session that could not start fails the build here, not after the daemon gave up on it.
+        attached.add_done_callback(lambda done: done.exception() is None or solve.cancel())
         try:
             try:
                 solve_and_return(BlockingStub(connection, connection.bridge), request, [(_BUILD_ID, ref)])
@@ -107,6 +110,9 @@ def run_build(
         except grpc.RpcError as exc:
             status.finish(_STATUS_DRAIN)
             raise _failure(exc) from None
+        except futures.CancelledError:  # by the callback above: Ctrl-C is a KeyboardInterrupt
+            status.stop()
+            raise BuildFailed(f"could not open the session with BuildKit: {attached.exception()}") from None
         finally:
             if not solve.done():
                 solve.cancel()
@@ -215,7 +221,7 @@ class _StatusReader:
         async def open_stream() -> Any:
             return connection.control.Status(control_pb2.StatusRequest(Ref=ref))
 
-        self._call = connection.call(open_stream)
+        self._call = connection.submit(open_stream)
         self._on_status = on_status
         self._last = time.monotonic()
         self.error: grpc.RpcError | None = None
@@ -223,8 +229,10 @@ class _StatusReader:
         self._thread.start()
 
     def _read(self) -> None:
+        eof = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lags grpcio
         try:
-            while (response := self._connection.call(self._call.read)) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            call = self._call.result()
+            while (response := self._connection.call(call.read)) is not eof:
                 self._last = time.monotonic()
                 self._on_status(response)
         except grpc.RpcError as exc:
@@ -242,7 +250,11 @@ class _StatusReader:
         self._thread.join()
 
     def stop(self) -> None:
-        self._connection.loop.call_soon_threadsafe(self._call.cancel)
+        def cancel(opened: futures.Future[Any]) -> None:
+            if not opened.cancelled() and opened.exception() is None:
+                self._connection.loop.call_soon_threadsafe(opened.result().cancel)
+
+        self._call.add_done_callback(cancel)
         self._thread.join(timeout=5)
 
 

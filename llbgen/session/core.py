@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -149,11 +149,18 @@ class ServiceServer:
         """Runs ``coroutine`` on the server's loop and waits for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
+    async def stop(self) -> None:
+        """Stops serving; on the loop. The thread pool is left to :meth:`close`."""
+        await self._server.stop(grace=None)
+
     def close(self) -> None:
         try:
-            self.run(self._server.stop(grace=None))
+            self.run(self.stop())
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.close_pool()
+
+    def close_pool(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Inbound(asyncio.Protocol):
@@ -234,10 +241,14 @@ class Session:
         md.extend(("x-docker-expose-session-grpc-method", m) for m in self.methods)
         return md
 
-    def attach(self, channel: grpc.aio.Channel) -> None:
-        """Opens the session stream on ``channel`` (an asyncio channel on the session's loop,
-        :func:`background_loop`) and starts the pump. The channel stays the caller's to close."""
-        self._server.run(self._attach(channel))
+    def attach(self, channel: grpc.aio.Channel) -> futures.Future[None]:
+        """Starts opening the session stream on ``channel`` (an asyncio channel on the session's
+        loop, :func:`background_loop`) and the pump; the future is done when they run.
+
+        The daemon waits for a session named in a solve request, so the solve need not wait for
+        this. The channel stays the caller's to close.
+        """
+        return asyncio.run_coroutine_threadsafe(self._attach(channel), self._server.loop)
 
     async def _attach(self, channel: grpc.aio.Channel) -> None:
         loop = asyncio.get_running_loop()
@@ -266,17 +277,21 @@ class Session:
         finally:
             transport.close()
 
-    async def _detach(self) -> None:
+    async def _detach_and_stop(self) -> None:
+        # The cancellation ends the stream for the daemon; the pump then ends on its own, with
+        # nothing left that needs to wait for it.
         if self._call is not None:
             self._call.cancel()
-        if self._pump is not None:
-            await _settle(self._pump, timeout=5)
+        if self._pump is not None and not self._pump.done():
+            _ending.add(self._pump)  # the loop holds tasks weakly
+            self._pump.add_done_callback(_ending.discard)
+        await self._server.stop()
 
     def close(self) -> None:
         try:
-            self._server.run(self._detach())
+            self._server.run(self._detach_and_stop())
         finally:
-            self._server.close()
+            self._server.close_pool()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Session:
@@ -286,8 +301,5 @@ class Session:
         self.close()
 
 
-async def _settle(task: Awaitable[None], timeout: float) -> None:
-    try:
-        await asyncio.wait_for(task, timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
-        pass
+#: Pumps of closed sessions that have not ended yet.
+_ending: set[asyncio.Task[None]] = set()
