@@ -4,6 +4,7 @@ A resident llbgen (``llbgen resident start``) runs the command if there is one f
 otherwise it runs here. Nothing beyond the hand-over is imported until it is known which.
 """
 
+import os
 import sys
 
 
@@ -11,11 +12,14 @@ def main() -> int:
     from llbgen.resident.client import forward
 
     code = forward(sys.argv[1:])
-    if code is None:
-        from llbgen.cli import main as run_here
+    if code is not None:
+        # The command ran in the resident process: nothing here needs the interpreter's orderly
+        # shutdown, which would take longer than the hand-over itself.
+        sys.stderr.flush()
+        os._exit(code & 0xFF)
+    from llbgen.cli import main as run_here
 
-        code = run_here()
-    return code
+    return run_here()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ PRELOAD = (
 #: What the resident process keeps of the environment it is started from: each command brings its
 #: own, and credentials in the starting shell's environment have no business living on in it.
 _KEPT_ENV = (
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "XDG_RUNTIME_DIR", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "PYTHONPATH",
+    "PYTHONHOME", "VIRTUAL_ENV", "BUILDKIT_HOST",
 )  # fmt: skip
 #: How often an idle resident process checks whether llbgen's code changed.
 _CHECK_INTERVAL = 10.0
@@ -136,7 +137,9 @@ def _spare(listener: socket.socket, lifeline: int, taken: int) -> NoReturn:
 
 
 def _warm_up() -> None:
-    """What every command needs and no command's input changes: gRPC's core, the session loop.
+    """What commands need before their input says anything: gRPC's core, the session loop, and
+    a connection to the daemon that a command started where the resident process was would use
+    (``$BUILDKIT_HOST``, else llbgen's own daemon if it runs).
 
     gRPC's core reads its own environment variables (``GRPC_TRACE`` and the like) when it starts:
     here, before a command's environment arrives. ``LLBGEN_RESIDENT=off`` runs a command with its
@@ -144,10 +147,21 @@ def _warm_up() -> None:
     """
     import grpc.aio
 
+    from llbgen.client.connection import preconnect
+    from llbgen.client.daemon import EmbeddedDaemon
     from llbgen.session.core import background_loop
 
     grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # public, but not in grpc-stubs
     background_loop()
+    address = os.environ.get("BUILDKIT_HOST")
+    if not address:
+        daemon = EmbeddedDaemon.default()
+        address = daemon.address if daemon.pid() is not None else None
+    if address:
+        try:
+            preconnect(address)
+        except Exception as exc:  # an address the commands will report on themselves
+            _log(f"not connecting ahead to {address}: {exc}")
 
 
 def _kill(pid: int) -> None:
