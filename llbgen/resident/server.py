@@ -3,7 +3,8 @@
 The parent never creates a gRPC channel, a thread or an event loop, so each child starts from a
 clean, single-threaded copy, starts gRPC and the session loop while it waits for a command (the
 "spare"), and connects to BuildKit itself. A child takes over the client's descriptors, working
-directory, environment and umask, runs ``llbgen.cli.main`` and sends back the exit status. Started by ``llbgen resident start``; it exits when llbgen's code changes (see
+directory, environment and umask, runs ``llbgen.cli.main`` and sends back the exit status.
+Started by ``llbgen resident start``; it exits when llbgen's code changes (see
 :func:`llbgen.resident.fingerprint`) or on ``llbgen resident stop``.
 """
 

@@ -28,12 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from llbgen.pb import control_pb2, control_pb2_grpc
-from llbgen.session.threaded import (
-    AdaptingHandler,
-    GenericHandler,
-    MethodHandler,
-    adapt,
-)
+from llbgen.session.threaded import AdaptingHandler, GenericHandler, MethodHandler, adapt
 
 _COALESCE = 1 << 20
 #: How long the pump waits for more bytes after a small read, to send them as one message...
