@@ -123,6 +123,24 @@ def _layers_text(archive: Path) -> bytes:
     return b"".join(out)
 
 
+def test_a_tmpdir_too_long_for_a_socket_still_builds(project: Cli, tmp_path: Path) -> None:
+    """The session's socket path must fit in 108 bytes; under a longer $TMPDIR it goes to /tmp."""
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    project.env["TMPDIR"] = str(long_tmp)
+    project.write_image("copyctx", COPY_CONTEXT)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "file.txt").write_text("built\n")
+    out = tmp_path / "out"
+    result = project(
+        "build", "copyctx", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain",
+        "--output", f"type=local,dest={out}",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert (out / "file.txt").read_text() == "built\n"
+
+
 def test_secret_is_used_but_never_leaks(project: Cli, tmp_path: Path) -> None:
     project.write_image("secret", SECRET_IMAGE)
     value = "s3cr3t-" + uuid.uuid4().hex

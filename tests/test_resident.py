@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from tests.conftest import Cli
 
 # An image whose definition reports where and how it runs (on stderr: stdout is the definition).
 PROBE = """\
-import json, os, sys, time
+import json, os, sys, tempfile, time
 import llbgen
 
 def build(ctx):
@@ -30,6 +32,7 @@ def build(ctx):
     os.umask(umask)
     print("PROBE " + json.dumps({
         "ppid": os.getppid(), "cwd": os.getcwd(), "marker": os.environ.get("PROBE_MARKER"), "umask": umask,
+        "tmp": tempfile.gettempdir(),
     }), file=sys.stderr)
     return llbgen.scratch().file(llbgen.mkfile("/probe", 0o644, b"probe"))
 """
@@ -45,7 +48,11 @@ def resident(cli: Cli, tmp_path: Path) -> Iterator[tuple[Cli, int]]:
     """``cli`` with a resident llbgen of its own (private XDG_RUNTIME_DIR); yields its pid."""
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    cli.env.update(XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", DOCKER_HUB_PASSWORD="hunter2")
+    # Short: the waiting child binds a session's socket in it (tmp_path is too long for one).
+    resident_tmp = tempfile.mkdtemp(prefix="llbgen-test-")
+    cli.env.update(
+        XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", DOCKER_HUB_PASSWORD="hunter2", TMPDIR=resident_tmp
+    )
     cli.write_image("probe", PROBE)
     started = cli("resident", "start")
     assert started.code == 0, started.stderr
@@ -55,12 +62,16 @@ def resident(cli: Cli, tmp_path: Path) -> Iterator[tuple[Cli, int]]:
         yield cli, pid
     finally:
         cli("resident", "stop")
+        shutil.rmtree(resident_tmp, ignore_errors=True)
 
 
 def test_commands_run_in_the_resident_process_as_they_would_in_process(resident: tuple[Cli, int]) -> None:
     cli, pid = resident
     cli.env["PROBE_MARKER"] = "from the client"
     (cli.cwd / "sub").mkdir()
+    # Not the directory the resident process started with (its waiting child made a session's
+    # server there already).
+    cli.env["TMPDIR"] = str(cli.cwd / "sub")
     old = os.umask(0o027)
     try:
         there = subprocess.run(
@@ -81,6 +92,7 @@ def test_commands_run_in_the_resident_process_as_they_would_in_process(resident:
     assert remote["cwd"] == local["cwd"] == str(cli.cwd / "sub")
     assert remote["marker"] == local["marker"] == "from the client"
     assert remote["umask"] == local["umask"] == 0o027
+    assert remote["tmp"] == local["tmp"] == str(cli.cwd / "sub")
 
 
 def test_the_resident_process_keeps_no_credentials_from_the_shell_that_started_it(
@@ -122,13 +134,51 @@ def test_ctrl_c_reaches_the_command(resident: tuple[Cli, int]) -> None:
 
 def test_stop_and_status(resident: tuple[Cli, int]) -> None:
     cli, pid = resident
+    resident_tmp = Path(cli.env["TMPDIR"])
     assert cli("resident", "status").code == 0
+    assert cli("llb", "probe").code == 0
+    # The waiting child has (or soon has) a session's server ready, on a socket of its own...
+    deadline = time.monotonic() + 5
+    while not list(resident_tmp.glob("llbgen-session-*/session.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(resident_tmp.glob("llbgen-session-*/session.sock"))) == 1
     assert cli("resident", "stop").text == "stopped\n"
+    # ...and removes it when it is stopped, as the child that ran `llb` (no session) did.
+    deadline = time.monotonic() + 5
+    while list(resident_tmp.glob("llbgen-session-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(resident_tmp.glob("llbgen-session-*"))
     status = cli("resident", "status")
     assert status.code == 3 and status.text.startswith("not running: ")
     # commands run in-process again
     result = cli("llb", "probe")
     assert result.code == 0 and probe(result.stderr)["ppid"] != pid
+
+
+def test_a_waiting_child_that_cannot_get_ready_still_runs_commands(cli: Cli, tmp_path: Path) -> None:
+    """Getting ready ahead only saves time: what fails there (an address that cannot be dialled)
+    is logged and the commands run all the same; a $TMPDIR too long for a socket moves the
+    session's to /tmp."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    cli.env.update(
+        XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", TMPDIR=str(long_tmp), BUILDKIT_HOST="tcp://no-port"
+    )
+    cli.write_image("probe", PROBE)
+    started = cli("resident", "start")
+    assert started.code == 0, started.stderr
+    socket = Path(started.text.strip())
+    pid = int(socket.with_suffix(".pid").read_text())
+    try:
+        result = cli("llb", "probe")
+        assert result.code == 0, result.stderr
+        assert probe(result.stderr)["ppid"] == pid
+        log = socket.with_suffix(".log").read_text()
+        assert "not connecting ahead to tcp://no-port: invalid address" in log
+    finally:
+        cli("resident", "stop")
 
 
 def test_the_fingerprint_follows_the_code(tmp_path: Path) -> None:

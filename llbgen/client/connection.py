@@ -222,8 +222,9 @@ class Connection:
         return ConnectionError(f"BuildKit at {self.address} refused the request: {code.name}: {details}")
 
     def close(self) -> None:
+        """Closes the channel, on the loop, without waiting for it (see ``Session.close``)."""
         try:
-            self.call(lambda: self.channel.close(None))
+            self.submit(lambda: self.channel.close(None))
         finally:
             if self._bridge is not None:
                 self._bridge.close()

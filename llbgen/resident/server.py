@@ -20,11 +20,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from llbgen.resident import fingerprint, socket_path
 from llbgen.resident.client import HEADER_SIZE, SIGNALS, STATUS_SIZE
@@ -55,8 +56,8 @@ PRELOAD = (
 #: What the resident process keeps of the environment it is started from: each command brings its
 #: own, and credentials in the starting shell's environment have no business living on in it.
 _KEPT_ENV = (
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "PYTHONPATH",
-    "PYTHONHOME", "VIRTUAL_ENV", "BUILDKIT_HOST",
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_DATA_HOME",
+    "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "BUILDKIT_HOST",
 )  # fmt: skip
 #: How often an idle resident process checks whether llbgen's code changed.
 _CHECK_INTERVAL = 10.0
@@ -92,40 +93,62 @@ def serve(path: Path, code: str) -> None:
     _log(f"serving {path} (llbgen {code}, pid {os.getpid()})")
     spare = None
     try:
-        while True:
+        # The code is checked before each spare is made (after a command, off its time) and
+        # while one waits.
+        while fingerprint() == code:
             taken_r, taken_w = os.pipe()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             spare = os.fork()
             if spare == 0:
                 os.close(taken_r)
                 os.close(parent_end)
                 _spare(listener, lifeline, taken_w)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             os.close(taken_w)
             with open(taken_r, "rb", buffering=0) as taken:
-                while not select.select([taken], [], [], _CHECK_INTERVAL)[0]:
-                    if fingerprint() != code:
-                        _log("llbgen's code changed: exiting")
-                        log_file(path).unlink(missing_ok=True)
-                        return
-                if not taken.read(1):  # the spare died waiting; do not fork in a tight loop
-                    _log(f"spare {spare} ended before it took a command")
-                    time.sleep(1.0)
+                took = _watch(taken, code)
+            if took is None:
+                break
+            if not took:  # do not fork in a tight loop
+                _log(f"spare {spare} ended before it took a command")
+                time.sleep(1.0)
             spare = None
+        _log("llbgen's code changed: exiting")
+        log_file(path).unlink(missing_ok=True)
     finally:
+        path.unlink(missing_ok=True)  # first: no new connections for the spare to take
         if spare:
             _kill(spare)
         listener.close()
-        path.unlink(missing_ok=True)
         _pid_file(path).unlink(missing_ok=True)
+
+
+def _watch(taken: BinaryIO, code: str) -> bool | None:
+    """True once the spare took a command, False if it ended first, None if llbgen's code
+    changed while it waited."""
+    while not select.select([taken], [], [], _CHECK_INTERVAL)[0]:
+        if fingerprint() != code:
+            return None
+    return bool(taken.read(1))
 
 
 def _spare(listener: socket.socket, lifeline: int, taken: int) -> NoReturn:
     """Gets ready for a command, waits for one (or for the parent to go) and runs it."""
+    from llbgen.session.core import discard_prepared_session
+
+    def leave(*_: object) -> NoReturn:
+        discard_prepared_session()
+        os._exit(0)
+
     try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, leave)
         _warm_up()
+        # Blocked since before the fork (see serve): a stop that came during the warm-up is
+        # handled now, when there is a prepared session to remove, not half of one.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         ready = select.select([listener.fileno(), lifeline], [], [])[0]
         if listener.fileno() not in ready:
-            os._exit(0)
+            leave()
         conn, _ = listener.accept()
         os.write(taken, b"x")
         os.close(taken)
@@ -138,22 +161,24 @@ def _spare(listener: socket.socket, lifeline: int, taken: int) -> NoReturn:
 
 
 def _warm_up() -> None:
-    """What commands need before their input says anything: gRPC's core, the session loop, and
-    a connection to the daemon that a command started where the resident process was would use
-    (``$BUILDKIT_HOST``, else llbgen's own daemon if it runs).
+    """What commands need before their input says anything: gRPC's core, the session loop, a
+    session's server (not started), and a connection to the daemon that a command started where
+    the resident process was would use (``$BUILDKIT_HOST``, else llbgen's own daemon if it runs).
 
     gRPC's core reads its own environment variables (``GRPC_TRACE`` and the like) when it starts:
     here, before a command's environment arrives. ``LLBGEN_RESIDENT=off`` runs a command with its
     own.
     """
-    import grpc.aio
-
     from llbgen.client.connection import preconnect
     from llbgen.client.daemon import EmbeddedDaemon
-    from llbgen.session.core import background_loop
+    from llbgen.session.core import background_loop, prepare_session
 
-    grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # public, but not in grpc-stubs
+    # Each step only saves a command time: one that fails is logged and left to the command.
     background_loop()
+    try:
+        prepare_session()  # the first asyncio gRPC object, made on the loop, starts gRPC's core
+    except Exception as exc:
+        _log(f"no session server made ahead: {exc}")
     address = os.environ.get("BUILDKIT_HOST")
     if not address:
         daemon = EmbeddedDaemon.default()
@@ -161,7 +186,7 @@ def _warm_up() -> None:
     if address:
         try:
             preconnect(address)
-        except Exception as exc:  # an address the commands will report on themselves
+        except Exception as exc:
             _log(f"not connecting ahead to {address}: {exc}")
 
 
@@ -190,13 +215,16 @@ def _child(conn: socket.socket) -> NoReturn:
         except BaseException:
             pass
         finally:
+            from llbgen.session.core import discard_prepared_session
+
+            discard_prepared_session()  # if the command made no session
             os._exit(max(code, 0) & 0xFF)
 
 
 def _run(conn: socket.socket) -> int:
     """The command's exit status; -1 for a connection that was only a probe."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     request = _receive(conn)
     if request is None:  # `llbgen resident status` or start's wait: nothing to run
@@ -208,6 +236,15 @@ def _run(conn: socket.socket) -> int:
         return main(request["argv"])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM, as it would end the command in-process, after removing the prepared session."""
+    from llbgen.session.core import discard_prepared_session
+
+    discard_prepared_session()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _receive(conn: socket.socket) -> dict[str, Any] | None:
@@ -240,6 +277,7 @@ def _receive(conn: socket.socket) -> dict[str, Any] | None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # as llbgen.cli sets it in-process
+    tempfile.tempdir = None  # chosen again, from the command's TMPDIR
     os.umask(request["umask"])
     sys.argv = ["llbgen", *request["argv"]]
     return request

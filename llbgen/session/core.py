@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -106,37 +106,97 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 def _forget_loop() -> None:
     """In a forked child: the loop's thread was not copied, so the loop is not running there."""
-    global _loop, _loop_lock
-    _loop, _loop_lock = None, threading.Lock()
+    global _loop, _loop_lock, _prepared
+    _loop, _loop_lock, _prepared = None, threading.Lock(), None
 
 
 os.register_at_fork(after_in_child=_forget_loop)
 
 
-class ServiceServer:
-    """``services`` served on the unix socket ``path`` by a grpc.aio server on :func:`background_loop`."""
+async def _new_server(path: Path) -> grpc.aio.Server:
+    """A server with its health service, listening on ``path`` once started."""
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    health = HealthServicer()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    server.add_insecure_port(f"unix:{path}")
+    return server
 
-    def __init__(self, services: Sequence[Service], path: Path) -> None:
+
+class _Prepared(NamedTuple):
+    server: grpc.aio.Server
+    directory: Path
+
+
+_prepared: _Prepared | None = None
+_SOCKET = "session.sock"
+#: sun_path's size on Linux, the terminating NUL included.
+_MAX_SOCKET_PATH = 108
+
+
+def prepare_session() -> None:
+    """Makes the next session's server ahead of it: created, with its socket bound in a new
+    private directory, not started (the session adds its services, then starts it).
+
+    For the resident process's spare (``llbgen resident``), before a command arrives;
+    :func:`discard_prepared_session` removes the directory if no session took it.
+    """
+    global _prepared
+    directory = _new_directory()
+    try:
+        server = asyncio.run_coroutine_threadsafe(_new_server(directory / _SOCKET), background_loop()).result()
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    _prepared = _Prepared(server, directory)
+
+
+def _new_directory() -> Path:
+    """A private directory for a session's socket; in /tmp if $TMPDIR is too long for one."""
+    directory = Path(tempfile.mkdtemp(prefix="llbgen-session-"))
+    if len(os.fsencode(directory / _SOCKET)) < _MAX_SOCKET_PATH:
+        return directory
+    directory.rmdir()
+    return Path(tempfile.mkdtemp(prefix="llbgen-session-", dir="/tmp"))
+
+
+def discard_prepared_session() -> None:
+    global _prepared
+    if _prepared is not None:
+        shutil.rmtree(_prepared.directory, ignore_errors=True)
+        _prepared = None
+
+
+def _take_prepared() -> _Prepared | None:
+    global _prepared
+    prepared, _prepared = _prepared, None
+    return prepared
+
+
+class ServiceServer:
+    """``services`` served on the unix socket ``path`` by a grpc.aio server on :func:`background_loop`.
+
+    ``server``: one made ahead for ``path`` by :func:`prepare_session`, not started yet.
+    """
+
+    def __init__(self, services: Sequence[Service], path: Path, server: grpc.aio.Server | None = None) -> None:
         self.path = path
         self.loop = background_loop()
         # Each synchronous bidi stream (export, ssh forwarding) holds a thread for its whole life.
         self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llbgen-session")
         self.methods = [_HEALTH_METHOD]
         try:
-            self._server = self.run(self._start(services))
+            self._server = self.run(self._start(services, server))
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
 
-    async def _start(self, services: Sequence[Service]) -> grpc.aio.Server:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
-        health = HealthServicer()
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    async def _start(self, services: Sequence[Service], server: grpc.aio.Server | None) -> grpc.aio.Server:
+        if server is None:
+            server = await _new_server(self.path)
         registry = _Registry(server, self._pool)
         for service in services:
             self.methods.extend(service.register(registry))
-        server.add_insecure_port(f"unix:{self.path}")
         await server.start()
         return server
 
@@ -216,9 +276,10 @@ class Session:
         self.id = secrets.token_hex(13)
         self._name = name
         self._shared_key = shared_key or self.id
-        self._dir = Path(tempfile.mkdtemp(prefix="llbgen-session-"))
+        prepared = _take_prepared()
+        self._dir = prepared.directory if prepared else _new_directory()
         try:
-            self._server = ServiceServer(services, self._dir / "session.sock")
+            self._server = ServiceServer(services, self._dir / _SOCKET, prepared.server if prepared else None)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
@@ -283,8 +344,11 @@ class Session:
         await self._server.stop()
 
     def close(self) -> None:
+        """Ends the session: the stream is cancelled and the server stopped on the loop, which
+        this does not wait for (nothing of the session is used after this, and a command would
+        otherwise spend a tenth of a cached build's time on it)."""
         try:
-            self._server.run(self._detach_and_stop())
+            asyncio.run_coroutine_threadsafe(self._detach_and_stop(), self._server.loop)
         finally:
             self._server.close_pool()
             shutil.rmtree(self._dir, ignore_errors=True)
