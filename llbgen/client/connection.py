@@ -187,6 +187,13 @@ class Connection:
 
     def probe(self, timeout: float = PROBE_TIMEOUT) -> DaemonInfo:
         """Asks the daemon who it is and what it builds for; a clear error within ``timeout``."""
+        return self.start_probe(timeout)()
+
+    def start_probe(self, timeout: float = PROBE_TIMEOUT) -> Callable[[], DaemonInfo]:
+        """Sends :meth:`probe`'s questions now; the function returned waits for the answer.
+
+        For callers with work of their own to do while the daemon answers.
+        """
 
         async def ask() -> tuple[Any, Any]:
             # Both at once: one round trip to wait for, not two.
@@ -195,11 +202,16 @@ class Connection:
                 self.control.ListWorkers(control_pb2.ListWorkersRequest(), timeout=timeout),
             )
 
-        try:
-            info, workers = self.call(ask)
-        except grpc.RpcError as exc:
-            raise self.explain(exc) from None
-        return DaemonInfo(info.buildkitVersion.version, tuple(distinct_platforms(workers.record)))
+        asked = self.submit(ask)
+
+        def answer() -> DaemonInfo:
+            try:
+                info, workers = wait(asked)
+            except grpc.RpcError as exc:
+                raise self.explain(exc) from None
+            return DaemonInfo(info.buildkitVersion.version, tuple(distinct_platforms(workers.record)))
+
+        return answer
 
     def explain(self, exc: grpc.RpcError) -> ConnectionError:
         code, details = exc.code(), exc.details() or ""

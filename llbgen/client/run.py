@@ -63,9 +63,10 @@ def connect(address: str | None, tls: TLSConfig) -> Connection:
 def build(project: Project, options: BuildOptions) -> dict[str, str]:
     connection = connect(options.address, options.tls)
     try:
-        info = connection.probe()
+        probed = connection.start_probe()
+        definition = project.definition(options.image)  # while the daemon answers
+        info = probed()
         native = info.platforms[0] if info.platforms else Platform.host()
-        definition = project.definition(options.image)
         platforms = list(options.platforms or [definition.default_platform(native)])
         problem = unsupported_platforms(platforms, info.platforms)
         if problem:
