@@ -19,29 +19,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from private_daemon import STACK, private_daemon
+
 ROOT = Path(__file__).resolve().parent.parent
-STACK = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack"))
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
-    address = f"unix://{work}/buildkitd.sock"
-    env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_STACK_DIR=str(STACK))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}")
     times = {}
     try:
         for mode in ("cross", "emulated"):
-            shutil.rmtree(work / "root", ignore_errors=True)
-            daemon = subprocess.Popen(
-                ["buildkitd", "--addr", address, "--root", str(work / "root"), "--config", str(STACK / "buildkitd.toml")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                for _ in range(150):
-                    if subprocess.run(["buildctl", "--addr", address, "debug", "workers"], capture_output=True).returncode == 0:
-                        break
-                    time.sleep(0.2)
+            with private_daemon(work / mode) as address:
+                env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_STACK_DIR=str(STACK))
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
                 start = time.perf_counter()
                 subprocess.run(
                     [sys.executable, "-m", "llbgen", "build", "bpftool", "--platform", "linux/arm64",
@@ -50,9 +41,6 @@ def main() -> None:
                 )  # fmt: skip
                 times[mode] = time.perf_counter() - start
                 print(f"{mode}: {times[mode]:.1f}s")
-            finally:
-                daemon.terminate()
-                daemon.wait()
         print(f"cross-compiled is {times['emulated'] / times['cross']:.1f}x faster end to end (goal >= 10x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

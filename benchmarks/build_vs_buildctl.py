@@ -14,7 +14,6 @@ Usage: .venv/bin/python benchmarks/build_vs_buildctl.py [upload|rebuild|all] [--
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -23,11 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from private_daemon import STACK, private_daemon
+
 ROOT = Path(__file__).resolve().parent.parent
-STACK = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack"))
 LLBGEN = [sys.executable, "-m", "llbgen"]
 # Time what users run: with cached bytecode, whatever this shell says.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -63,31 +62,6 @@ def make_context(root: Path, files: int = 10_000, total: int = 200 << 20) -> Non
         (sub / f"f{i:05d}.bin").write_bytes(chunk[i % 97 :] + chunk[: i % 97])
 
 
-@contextlib.contextmanager
-def private_daemon(work: Path) -> Iterator[str]:
-    """A buildkitd of the benchmark's own, with the stack's configuration and empty state; its address.
-
-    Not the stack's daemon: that one keeps two days of build history, which every build reads,
-    so its timings drift as the test suite runs.
-    """
-    state = work / "bk"
-    state.mkdir()
-    address = f"unix://{state}/buildkitd.sock"
-    daemon = subprocess.Popen(
-        ["buildkitd", "--addr", address, "--root", str(state / "root"), "--config", str(STACK / "buildkitd.toml")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(100):
-            if subprocess.run(["buildctl", "--addr", address, "debug", "workers"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        yield address
-    finally:
-        daemon.terminate()
-        daemon.wait()
-
-
 def upload(runs: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
     try:
@@ -96,7 +70,7 @@ def upload(runs: int) -> None:
         (project / "images" / "upload" / "image.py").write_text(UPLOAD_IMAGE)
         ctx = work / "ctx"
         make_context(ctx)
-        with private_daemon(work) as address:
+        with private_daemon(work / "bk") as address:
             definition = work / "upload.pb"
             with open(definition, "wb") as out:
                 subprocess.run(LLBGEN + ["llb", "upload", "--platform", "linux/amd64"], cwd=project, stdout=out, check=True)
@@ -138,7 +112,7 @@ def rebuild(runs: int) -> None:
         (work / "Dockerfile").write_text(DOCKERFILE.format(base=base, script=script))
         runtime = work / "run"
         runtime.mkdir(mode=0o700)
-        with private_daemon(work) as address:
+        with private_daemon(work / "bk") as address:
             env = dict(os.environ, BUILDKIT_HOST=address, XDG_RUNTIME_DIR=str(runtime))
             fresh_env = dict(env, LLBGEN_RESIDENT="off")
             ours_cmd = LLBGEN + ["build", "hello", "--platform", "linux/amd64", "--progress", "plain"]

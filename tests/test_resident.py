@@ -43,21 +43,24 @@ def probe(stderr: str) -> dict[str, object]:
     return json.loads(line.removeprefix("PROBE "))  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def resident(cli: Cli, tmp_path: Path) -> Iterator[tuple[Cli, int]]:
-    """``cli`` with a resident llbgen of its own (private XDG_RUNTIME_DIR); yields its pid."""
+def start_resident(cli: Cli, tmp_path: Path, **env: str) -> tuple[Path, int]:
+    """Starts a resident llbgen for ``cli`` (private XDG_RUNTIME_DIR, ``env``); its socket and pid."""
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
-    # Short: the waiting child binds a session's socket in it (tmp_path is too long for one).
-    resident_tmp = tempfile.mkdtemp(prefix="llbgen-test-")
-    cli.env.update(
-        XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", DOCKER_HUB_PASSWORD="hunter2", TMPDIR=resident_tmp
-    )
+    cli.env.update(XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", **env)
     cli.write_image("probe", PROBE)
     started = cli("resident", "start")
     assert started.code == 0, started.stderr
     socket = Path(started.text.strip())
-    pid = int(socket.with_suffix(".pid").read_text())
+    return socket, int(socket.with_suffix(".pid").read_text())
+
+
+@pytest.fixture
+def resident(cli: Cli, tmp_path: Path) -> Iterator[tuple[Cli, int]]:
+    """``cli`` with a resident llbgen of its own; yields its pid."""
+    # Short: the waiting child binds a session's socket in it (tmp_path is too long for one).
+    resident_tmp = tempfile.mkdtemp(prefix="llbgen-test-")
+    _, pid = start_resident(cli, tmp_path, DOCKER_HUB_PASSWORD="hunter2", TMPDIR=resident_tmp)
     try:
         yield cli, pid
     finally:
@@ -159,18 +162,9 @@ def test_a_waiting_child_that_cannot_get_ready_still_runs_commands(cli: Cli, tmp
     """Getting ready ahead only saves time: what fails there (an address that cannot be dialled)
     is logged and the commands run all the same; a $TMPDIR too long for a socket moves the
     session's to /tmp."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
     long_tmp = tmp_path / ("t" * 100)
     long_tmp.mkdir()
-    cli.env.update(
-        XDG_RUNTIME_DIR=str(runtime), LLBGEN_RESIDENT="on", TMPDIR=str(long_tmp), BUILDKIT_HOST="tcp://no-port"
-    )
-    cli.write_image("probe", PROBE)
-    started = cli("resident", "start")
-    assert started.code == 0, started.stderr
-    socket = Path(started.text.strip())
-    pid = int(socket.with_suffix(".pid").read_text())
+    socket, pid = start_resident(cli, tmp_path, TMPDIR=str(long_tmp), BUILDKIT_HOST="tcp://no-port")
     try:
         result = cli("llb", "probe")
         assert result.code == 0, result.stderr
