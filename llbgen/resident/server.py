@@ -1,10 +1,10 @@
 """The resident process: imports llbgen once, then forks a child for each command it is handed.
 
 The parent never creates a gRPC channel, a thread or an event loop, so each child starts from a
-clean, single-threaded copy, starts gRPC and the session loop while it waits for a command (the
-"spare"), and connects to BuildKit itself. A child takes over the client's descriptors, working
-directory, environment and umask, runs ``llbgen.cli.main`` and sends back the exit status.
-Started by ``llbgen resident start``; it exits when llbgen's code changes (see
+clean, single-threaded copy and gets ready while it waits for a command (the "spare": gRPC, the
+session loop, the next session's server, a connection to the daemon; see :func:`_warm_up`). A
+child takes over the client's descriptors, working directory, environment and umask, runs
+``llbgen.cli.main`` and sends back the exit status. Started by ``llbgen resident start``; it exits when llbgen's code changes (see
 :func:`llbgen.resident.fingerprint`) or on ``llbgen resident stop``.
 """
 
@@ -27,8 +27,11 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from llbgen.client.connection import preconnect
+from llbgen.client.daemon import EmbeddedDaemon
 from llbgen.resident import fingerprint, socket_path
 from llbgen.resident.client import HEADER_SIZE, SIGNALS, STATUS_SIZE
+from llbgen.session.core import background_loop, discard_prepared_session, prepare_session
 
 #: What a command may need, imported before the first fork (the TTY progress view included).
 PRELOAD = (
@@ -134,7 +137,6 @@ def _watch(taken: BinaryIO, code: str) -> bool | None:
 
 def _spare(listener: socket.socket, lifeline: int, taken: int) -> NoReturn:
     """Gets ready for a command, waits for one (or for the parent to go) and runs it."""
-    from llbgen.session.core import discard_prepared_session
 
     def leave(*_: object) -> NoReturn:
         discard_prepared_session()
@@ -169,10 +171,6 @@ def _warm_up() -> None:
     here, before a command's environment arrives. ``LLBGEN_RESIDENT=off`` runs a command with its
     own.
     """
-    from llbgen.client.connection import preconnect
-    from llbgen.client.daemon import EmbeddedDaemon
-    from llbgen.session.core import background_loop, prepare_session
-
     # Each step only saves a command time: one that fails is logged and left to the command.
     background_loop()
     try:
@@ -215,8 +213,6 @@ def _child(conn: socket.socket) -> NoReturn:
         except BaseException:
             pass
         finally:
-            from llbgen.session.core import discard_prepared_session
-
             discard_prepared_session()  # if the command made no session
             os._exit(max(code, 0) & 0xFF)
 
@@ -240,8 +236,6 @@ def _run(conn: socket.socket) -> int:
 
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM, as it would end the command in-process, after removing the prepared session."""
-    from llbgen.session.core import discard_prepared_session
-
     discard_prepared_session()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
