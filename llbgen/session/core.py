@@ -268,8 +268,8 @@ class _Inbound(asyncio.Protocol):
 class Session:
     """Serves ``services`` to the daemon for the duration of one or more builds.
 
-    Use as a context manager around the build: the daemon waits only a few seconds for a session
-    named in a solve request, so ``attach`` happens before ``Solve``.
+    Use as a context manager around the build, attached no later than the solve that names it
+    is sent: the daemon waits only a few seconds for a session named in a solve request.
     """
 
     def __init__(self, services: Sequence[Service], *, name: str = "llbgen", shared_key: str = "") -> None:
