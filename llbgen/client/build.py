@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import grpc
 
-from llbgen.client.connection import BlockingStub, Connection, wait
+from llbgen.client.connection import POLL_INTERVAL, BlockingStub, Connection, wait
 from llbgen.client.imageconfig import encode as encode_config
 from llbgen.client.outputs import CacheOption, Output
 from llbgen.llb.definition import Definition
@@ -32,7 +32,6 @@ from llbgen.pb import control_pb2, gateway_pb2
 from llbgen.session.core import Service, Session
 
 _BUILD_ID = "buildkit-controlapi-buildid"
-_POLL = 0.2
 #: After the solve ends, how long the status stream may stay silent before it is given up on.
 _STATUS_DRAIN = 5.0
 
@@ -244,7 +243,7 @@ class _StatusReader:
     def finish(self, idle: float) -> None:
         """Waits for the stream to end, giving up once it has been silent for ``idle`` seconds."""
         while self._thread.is_alive():
-            self._thread.join(timeout=_POLL)
+            self._thread.join(timeout=POLL_INTERVAL)
             if time.monotonic() - self._last > idle:
                 self.stop()
         self._thread.join()

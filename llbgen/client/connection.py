@@ -30,8 +30,8 @@ from llbgen.pb import control_pb2, control_pb2_grpc, gateway_pb2_grpc
 from llbgen.session.core import GRPC_OPTIONS, background_loop
 
 PROBE_TIMEOUT = 10.0
-#: How often a wait on the loop wakes up to let Ctrl-C through.
-_POLL = 0.2
+#: How often a wait wakes up to let Ctrl-C through.
+POLL_INTERVAL = 0.2
 
 T = TypeVar("T")
 
@@ -267,7 +267,7 @@ def wait(future: futures.Future[T], timeout: float | None = None) -> T:
     try:
         while True:
             try:
-                return future.result(timeout=_POLL)
+                return future.result(timeout=POLL_INTERVAL)
             except futures.TimeoutError:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError from None
