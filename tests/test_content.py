@@ -32,12 +32,12 @@ from llbgen.session.content import (
     LocalCacheError,
     LocalCaches,
     OCIStore,
-    _format_time,
-    _parse_time,
     find_in_index,
     put_in_index,
     read_index,
 )
+from llbgen.session.content.times import format_time as _format_time
+from llbgen.session.content.times import parse_time as _parse_time
 
 STORE_ID = "local:cache"
 MD = [("buildkit-attachable-store-id", STORE_ID)]

@@ -23,9 +23,6 @@ CANCELED_SUFFIX = "context canceled"
 
 DEFAULT_MAX_LOG_LINES = 100
 
-STDOUT = 1
-STDERR = 2
-
 Interval = tuple[int, int | None]
 
 
@@ -144,10 +141,6 @@ class VertexInfo:
     def is_completed(self) -> bool:
         ivals = self.intervals
         return bool(ivals) and ivals[-1][1] is not None
-
-    @property
-    def is_running(self) -> bool:
-        return self.is_started and not self.is_completed
 
     @property
     def canceled(self) -> bool:
@@ -438,14 +431,6 @@ class StatusTracker:
         """The visible steps in the order they started."""
         steps = [self._steps[key] for key in self._started_order]
         return [s for s in steps if s.visible]
-
-    def all_steps(self) -> list[Step]:
-        """Every step, started or not, in the order the daemon first mentioned them."""
-        return list(self._steps.values())
-
-    def step_of(self, digest: str) -> Step | None:
-        key = self._step_of.get(digest)
-        return None if key is None else self._steps[key]
 
     def failed(self) -> list[VertexInfo]:
         """Vertices that reported an error (including ones canceled because another failed)."""

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -92,8 +92,7 @@ def background_loop() -> asyncio.AbstractEventLoop:
     """The event loop sessions run on: one per process, in a daemon thread, started on first use.
 
     One loop for the life of the process rather than one per session: starting a loop and its
-    thread is a tenth of a fully cached build, and the resident process (``llbgen resident``)
-    starts this one before a command arrives.
+    thread is a tenth of a fully cached build.
     """
     global _loop
     with _loop_lock:
@@ -106,8 +105,8 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 def _forget_loop() -> None:
     """In a forked child: the loop's thread was not copied, so the loop is not running there."""
-    global _loop, _loop_lock, _prepared
-    _loop, _loop_lock, _prepared = None, threading.Lock(), None
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_loop)
@@ -123,32 +122,9 @@ async def _new_server(path: Path) -> grpc.aio.Server:
     return server
 
 
-class _Prepared(NamedTuple):
-    server: grpc.aio.Server
-    directory: Path
-
-
-_prepared: _Prepared | None = None
 _SOCKET = "session.sock"
 #: sun_path's size on Linux, the terminating NUL included.
 _MAX_SOCKET_PATH = 108
-
-
-def prepare_session() -> None:
-    """Makes the next session's server ahead of it: created, with its socket bound in a new
-    private directory, not started (the session adds its services, then starts it).
-
-    For the resident process's spare (``llbgen resident``), before a command arrives;
-    :func:`discard_prepared_session` removes the directory if no session took it.
-    """
-    global _prepared
-    directory = _new_directory()
-    try:
-        server = asyncio.run_coroutine_threadsafe(_new_server(directory / _SOCKET), background_loop()).result()
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    _prepared = _Prepared(server, directory)
 
 
 def _new_directory() -> Path:
@@ -160,40 +136,23 @@ def _new_directory() -> Path:
     return Path(tempfile.mkdtemp(prefix="llbgen-session-", dir="/tmp"))
 
 
-def discard_prepared_session() -> None:
-    global _prepared
-    if _prepared is not None:
-        shutil.rmtree(_prepared.directory, ignore_errors=True)
-        _prepared = None
-
-
-def _take_prepared() -> _Prepared | None:
-    global _prepared
-    prepared, _prepared = _prepared, None
-    return prepared
-
-
 class ServiceServer:
-    """``services`` served on the unix socket ``path`` by a grpc.aio server on :func:`background_loop`.
+    """``services`` served on the unix socket ``path`` by a grpc.aio server on :func:`background_loop`."""
 
-    ``server``: one made ahead for ``path`` by :func:`prepare_session`, not started yet.
-    """
-
-    def __init__(self, services: Sequence[Service], path: Path, server: grpc.aio.Server | None = None) -> None:
+    def __init__(self, services: Sequence[Service], path: Path) -> None:
         self.path = path
         self.loop = background_loop()
         # Each synchronous bidi stream (export, ssh forwarding) holds a thread for its whole life.
         self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llbgen-session")
         self.methods = [_HEALTH_METHOD]
         try:
-            self._server = self.run(self._start(services, server))
+            self._server = self.run(self._start(services))
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
 
-    async def _start(self, services: Sequence[Service], server: grpc.aio.Server | None) -> grpc.aio.Server:
-        if server is None:
-            server = await _new_server(self.path)
+    async def _start(self, services: Sequence[Service]) -> grpc.aio.Server:
+        server = await _new_server(self.path)
         registry = _Registry(server, self._pool)
         for service in services:
             self.methods.extend(service.register(registry))
@@ -276,10 +235,9 @@ class Session:
         self.id = secrets.token_hex(13)
         self._name = name
         self._shared_key = shared_key or self.id
-        prepared = _take_prepared()
-        self._dir = prepared.directory if prepared else _new_directory()
+        self._dir = _new_directory()
         try:
-            self._server = ServiceServer(services, self._dir / _SOCKET, prepared.server if prepared else None)
+            self._server = ServiceServer(services, self._dir / _SOCKET)
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
