@@ -8,10 +8,7 @@ sources/debian.py's compilers(ctx), which also takes a published image (--arg CO
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
-from pathlib import Path
 
 import llbgen
 
@@ -39,22 +36,9 @@ apt-get check
 """
 
 
-def _shared(name: str) -> types.ModuleType:
-    """images/sources/<name>.py, the helpers shared between images (it is not an image itself)."""
-    path = Path(__file__).resolve().parent.parent / "sources" / f"{name}.py"
-    key = f"llbgen_images._sources.{name}:{path}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-def packages(arch: str) -> list[str]:
-    """What the compilers image for ``arch`` installs: the native toolchain, and the cross one."""
-    debian = _shared("debian")
+def packages(debian: types.ModuleType, arch: str) -> list[str]:
+    """What the compilers image for ``arch`` installs: the native toolchain, and the cross one
+    (``debian``: the project's sources/debian helper)."""
     cross_arch = debian.CROSS_ARCH[arch]
     cross = debian.TRIPLETS[cross_arch].replace("_", "-")  # x86_64-linux-gnu -> x86-64-linux-gnu
     return [
@@ -65,7 +49,7 @@ def packages(arch: str) -> list[str]:
 
 
 def build(ctx: llbgen.BuildContext) -> llbgen.State:
-    debian = _shared("debian")
+    debian = ctx.helper("sources/debian")
     platform = ctx.target_platform
     arch = platform.architecture
     if arch not in debian.CROSS_ARCH:
@@ -73,7 +57,7 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
     base = ctx.base_image("debian:trixie")
     return (
         base.run(
-            ["sh", "-c", INSTALL, "install", debian.CROSS_ARCH[arch], *packages(arch)],
+            ["sh", "-c", INSTALL, "install", debian.CROSS_ARCH[arch], *packages(debian, arch)],
             mounts=debian.apt_mounts(platform),
             env={"DEBIAN_FRONTEND": "noninteractive"},
             network="host",
