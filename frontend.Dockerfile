@@ -38,6 +38,8 @@ rich==15.0.0
 markdown-it-py==4.3.0
 mdurl==0.1.2
 pygments==2.21.0
+hpack==4.2.0
+hyperframe==6.1.0
 typing-extensions==4.16.0
 setuptools==80.9.0
 EOF

@@ -7,6 +7,7 @@ exporter does, and a relay connects our sender to our receiver for round trips.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import shutil
@@ -23,6 +24,7 @@ import grpc
 import pytest
 
 from llbgen.pb import filesync_pb2, fsutil_stat_pb2, fsutil_wire_pb2
+from llbgen.session.bridge import Bridge
 from llbgen.session.core import ServiceServer
 from llbgen.session.filesync import (
     MODE_CHAR_DEVICE,
@@ -54,19 +56,60 @@ OPTIONS = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_messag
 # -- harness ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., grpc.Channel]]:
-    """Serves the given services as a session does (ServiceServer) on a private unix socket."""
+class _SocketOut:
+    """The bridge's bytes for the client, written to the client's socket."""
+
+    size = 0
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def data_received(self, data: bytes) -> None:
+        self.writer.write(data)
+
+
+async def _front(server: ServiceServer, path: Path) -> asyncio.AbstractServer:
+    """A socket whose connections end in a Bridge to ``server``, as the session stream does."""
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bridge = Bridge(server.direct, server.path, _SocketOut(writer))
+        await bridge.start()
+        try:
+            while data := await reader.read(1 << 16):
+                bridge.receive(data)
+        finally:
+            bridge.close()
+            writer.close()
+
+    return await asyncio.start_unix_server(connected, path=str(path))
+
+
+async def _close(front: asyncio.AbstractServer) -> None:
+    front.close()
+
+
+@pytest.fixture(params=["server", "bridge"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., grpc.Channel]]:
+    """Serves the given services as a session does: on the session's server (ServiceServer) on a
+    private unix socket, or through the Bridge that ends the session's connection."""
     servers: list[ServiceServer] = []
+    fronts: list[asyncio.AbstractServer] = []
     dirs: list[str] = []
 
     def start(*services: Any) -> grpc.Channel:
         sock_dir = tempfile.mkdtemp(prefix="fs-test-", dir="/tmp")  # short: unix socket paths are limited
         dirs.append(sock_dir)
-        servers.append(ServiceServer(services, Path(sock_dir) / "s.sock"))
-        return grpc.insecure_channel(f"unix:{sock_dir}/s.sock", options=OPTIONS)
+        server = ServiceServer(services, Path(sock_dir) / "s.sock")
+        servers.append(server)
+        path = server.path
+        if request.param == "bridge":
+            path = Path(sock_dir) / "front.sock"
+            fronts.append(server.run(_front(server, path)))
+        return grpc.insecure_channel(f"unix:{path}", options=OPTIONS)
 
     yield start
+    for server, front in zip(servers, fronts):
+        server.run(_close(front))
     for server in servers:
         server.close()
     for d in dirs:

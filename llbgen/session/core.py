@@ -2,8 +2,9 @@
 
 ``Control.Session`` is a bidirectional stream of byte chunks that carries one HTTP/2 connection on
 which the daemon is the gRPC client and we are the server. grpcio cannot serve on a byte stream,
-but it can serve on a unix socket, so the session runs a server on a private socket and pumps
-bytes between that socket and the stream.
+but it can serve on a unix socket, so the session runs a server on a private socket; the
+connection itself ends in :mod:`llbgen.session.bridge`, which serves the upload's stream itself
+and relays the others to that server.
 
 Server, pump and the stream run on one asyncio event loop in a thread of its own: a file
 transfer is three small messages per file, and grpcio's asyncio API costs about half as much per
@@ -18,10 +19,10 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +30,9 @@ from grpc_health.v1._async import HealthServicer
 
 from llbgen.pb import control_pb2, control_pb2_grpc
 from llbgen.session.threaded import AdaptingHandler, GenericHandler, MethodHandler, adapt
+
+if TYPE_CHECKING:
+    from llbgen.session.bridge import Bridge, DirectHandler
 
 _COALESCE = 1 << 20
 #: How long the pump waits for more bytes after a small read, to send them as one message...
@@ -67,12 +71,24 @@ class Service(Protocol):
         ...
 
 
+@runtime_checkable
+class DirectRegistry(Protocol):
+    """A registry that can also serve a method on the session's connection itself (see
+    :mod:`llbgen.session.bridge`): for asyncio stream handlers whose messages are many and small."""
+
+    def add_direct_handler(self, method: str, handler: DirectHandler) -> None: ...
+
+
 class _Registry:
     """Adds handlers to an asyncio server, running the synchronous ones on threads."""
 
-    def __init__(self, server: grpc.aio.Server, pool: futures.Executor) -> None:
+    def __init__(self, server: grpc.aio.Server, pool: futures.Executor, direct: dict[str, DirectHandler]) -> None:
         self._server = server
         self._pool = pool
+        self._direct = direct
+
+    def add_direct_handler(self, method: str, handler: DirectHandler) -> None:
+        self._direct[method] = handler
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[GenericHandler]) -> None:
         self._server.add_generic_rpc_handlers([AdaptingHandler(h, self._pool) for h in generic_rpc_handlers])
@@ -145,6 +161,8 @@ class ServiceServer:
         # Each synchronous bidi stream (export, ssh forwarding) holds a thread for its whole life.
         self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="llbgen-session")
         self.methods = [_HEALTH_METHOD]
+        #: Methods the session's connection serves itself (the server has them too).
+        self.direct: dict[str, DirectHandler] = {}
         try:
             self._server = self.run(self._start(services))
         except BaseException:
@@ -153,7 +171,7 @@ class ServiceServer:
 
     async def _start(self, services: Sequence[Service]) -> grpc.aio.Server:
         server = await _new_server(self.path)
-        registry = _Registry(server, self._pool)
+        registry = _Registry(server, self._pool, self.direct)
         for service in services:
             self.methods.extend(service.register(registry))
         await server.start()
@@ -177,32 +195,25 @@ class ServiceServer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _Inbound(asyncio.Protocol):
-    """Bytes from the session server's socket, gathered until the pump takes them."""
+class _Outbound:
+    """Bytes for the daemon, gathered until the pump takes them; ``drained`` is told when it did."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.ready = asyncio.Event()
         self.eof = False
-        self.transport: asyncio.Transport | None = None
+        self.drained: Callable[[], None] | None = None
         self._last_take = float("-inf")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    @property
+    def size(self) -> int:
+        return len(self.buffer)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.ready.set()
-        if len(self.buffer) >= 4 * _COALESCE and self.transport is not None:
-            self.transport.pause_reading()
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        self.ready.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def close(self) -> None:
         self.eof = True
         self.ready.set()
 
@@ -219,8 +230,8 @@ class _Inbound(asyncio.Protocol):
         self._last_take = loop.time()
         data = bytes(self.buffer[:_COALESCE])
         del self.buffer[:_COALESCE]
-        if self.transport is not None and len(self.buffer) < _COALESCE:
-            self.transport.resume_reading()
+        if self.drained is not None:
+            self.drained()
         return data
 
 
@@ -265,22 +276,28 @@ class Session:
         return asyncio.run_coroutine_threadsafe(self._attach(channel), self._server.loop)
 
     async def _attach(self, channel: grpc.aio.Channel) -> None:
+        # Imported here, on the session's thread: a command's start-up does not wait for h2.
+        from llbgen.session.bridge import Bridge
+
         loop = asyncio.get_running_loop()
-        transport, inbound = await loop.create_unix_connection(_Inbound, str(self._server.path))
+        outbound = _Outbound()
+        bridge = Bridge(self._server.direct, self._server.path, outbound)
+        await bridge.start()
+        outbound.drained = bridge.drained
         stub = control_pb2_grpc.ControlStub(channel)  # type: ignore[no-untyped-call]
 
         async def outgoing() -> AsyncIterator[control_pb2.BytesMessage]:
-            while data := await inbound.take():
+            while data := await outbound.take():
                 yield control_pb2.BytesMessage(data=data)
 
         call = stub.Session(outgoing(), metadata=self.metadata())
         self._call = call
-        self._pump = loop.create_task(self._incoming(call, transport))
+        self._pump = loop.create_task(self._incoming(call, bridge, outbound))
 
-    async def _incoming(self, call: Any, transport: asyncio.Transport) -> None:
+    async def _incoming(self, call: Any, bridge: Bridge, outbound: _Outbound) -> None:
         try:
             async for message in call:
-                transport.write(message.data)
+                bridge.receive(message.data)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = exc
@@ -289,7 +306,8 @@ class Session:
         except asyncio.CancelledError:
             pass
         finally:
-            transport.close()
+            bridge.close()
+            outbound.close()
 
     async def _detach_and_stop(self) -> None:
         # The cancellation ends the stream for the daemon; the pump then ends on its own, with

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from llbgen.pb import fsutil_wire_pb2
-from llbgen.session.core import HandlerRegistry
+from llbgen.session.core import DirectRegistry, HandlerRegistry
 from llbgen.session.filesync.status import TransferStatus
 from llbgen.session.filesync.walk import FileSyncError, WalkEntry, walk
 from llbgen.session.filesync.wire import (
@@ -69,6 +69,9 @@ class FileSync:
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FILESYNC_SERVICE, handlers),))
+        if isinstance(server, DirectRegistry):
+            # Three small messages a file: served on the session's connection itself.
+            server.add_direct_handler(FILESYNC_METHODS[0], handlers["DiffCopy"])
         return list(FILESYNC_METHODS)
 
     def _tar_stream(
@@ -201,18 +204,23 @@ class _Sender:
             raise _Stop(f"cannot read {rel}: {exc.strerror}", code=grpc.StatusCode.UNKNOWN) from None
         total = 0
         try:
-            if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
                 raise _Stop(
                     f"cannot read {rel}: it is no longer a regular file", code=grpc.StatusCode.UNKNOWN
                 )
+            # A small file in one read of its size (and one at its end): a read of a whole chunk
+            # would allocate and release the chunk's size for each of them.
+            size = min(st.st_size + 1, self._chunk_size)
             while True:
                 try:
-                    chunk = os.read(fd, self._chunk_size)
+                    chunk = os.read(fd, size)
                 except OSError as exc:
                     raise _Stop(f"cannot read {rel}: {exc.strerror}", code=grpc.StatusCode.UNKNOWN) from None
                 if not chunk:
                     break
                 total += len(chunk)
+                size = self._chunk_size
                 await context.write(Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk))
         finally:
             os.close(fd)
