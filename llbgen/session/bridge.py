@@ -82,15 +82,17 @@ class DirectContext:
 
 
 class _Outgoing:
-    """Bytes for one side of a relayed or direct stream, waiting for that side's window."""
+    """What waits to be sent on one side of a stream, for that side's window."""
 
-    __slots__ = ("ack", "items")
+    __slots__ = ("ack", "items", "size")
 
     def __init__(self) -> None:
-        # bytes (data), a list of headers (trailers, which end the stream), or _END.
+        # bytes or memoryview (data), a tuple ("headers", list), a list of headers (trailers,
+        # which end the stream), or _END.
         self.items: deque[Any] = deque()
-        #: Per data item, how much to acknowledge to the other side once it has been sent.
+        #: Per item, how much to acknowledge to the other side once it has been sent.
         self.ack: deque[int] = deque()
+        self.size = 0  # bytes of data
 
 
 class _Stream:
@@ -320,7 +322,8 @@ class Bridge:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise asyncio.CancelledError()
-        self._queue(stream.to_up, _GRPC_HEADER.pack(0, len(data)) + data)
+        self._queue(stream.to_up, _GRPC_HEADER.pack(0, len(data)))
+        self._queue(stream.to_up, data)
         self._unsent += 5 + len(data)
         if self._unsent < _SLICE:
             if not self._flush_scheduled:
@@ -345,16 +348,10 @@ class Bridge:
 
     # -- sending --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _pending(out: _Outgoing) -> int:
-        return sum(len(item) for item in out.items if isinstance(item, (bytes, bytearray)))
-
     def _queue(self, out: _Outgoing, item: Any, ack: int = 0) -> None:
-        items = out.items
-        if isinstance(item, bytes) and items and isinstance(items[-1], bytearray) and not ack and not out.ack[-1]:
-            items[-1] += item  # messages of a direct stream share frames
-            return
-        items.append(bytearray(item) if isinstance(item, bytes) else item)
+        if isinstance(item, bytes):
+            out.size += len(item)
+        out.items.append(item)
         out.ack.append(ack)
 
     def _flush(self) -> None:
@@ -366,7 +363,7 @@ class Bridge:
                 done = self._drain(self._up, stream.up_id, stream.to_up, self._down, stream.down_id)
                 if done:
                     self._streams.pop(stream.up_id, None)
-                elif stream.messages is not None and self._pending(stream.to_up) > _HIGH_WATER:
+                elif stream.messages is not None and stream.to_up.size > _HIGH_WATER:
                     blocked = True
             if stream.to_down.items and stream.down_id is not None:
                 self._drain(self._down, stream.down_id, stream.to_down, self._up, stream.up_id)
@@ -386,39 +383,56 @@ class Bridge:
         other: h2.connection.H2Connection, other_id: int | None,
     ) -> bool:  # fmt: skip
         """Sends ``out`` on ``conn`` as far as its window allows; True once the stream is over."""
-        items = out.items
+        items, acks = out.items, out.ack
         try:
             while items:
                 item = items[0]
-                if isinstance(item, bytearray):
+                if isinstance(item, (bytes, memoryview)):
                     window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
                     if window <= 0:
                         return False
                     if len(item) > window:
-                        conn.send_data(stream_id, bytes(item[:window]))
-                        del item[:window]
+                        view = memoryview(item)
+                        conn.send_data(stream_id, bytes(view[:window]))
+                        items[0] = view[window:]
+                        out.size -= window
                         continue
-                    conn.send_data(stream_id, bytes(item))
-                    ack = out.ack[0]
+                    # Small messages of a direct stream (no acknowledgement) share a frame.
+                    parts = [items.popleft()]
+                    ack = acks.popleft()
+                    size = len(item)
+                    while (
+                        not ack and items and isinstance(items[0], (bytes, memoryview))
+                        and not acks[0] and size + len(items[0]) <= window
+                    ):  # fmt: skip
+                        size += len(items[0])
+                        parts.append(items.popleft())
+                        acks.popleft()
+                    conn.send_data(stream_id, parts[0] if len(parts) == 1 and isinstance(item, bytes) else b"".join(parts))
+                    out.size -= size
                     if ack and other_id is not None:
                         self._try(lambda: other.acknowledge_received_data(ack, other_id))
-                elif isinstance(item, tuple):  # response headers
+                    continue
+                if isinstance(item, tuple):  # response headers
                     conn.send_headers(stream_id, item[1])
                 elif item is _END:
                     conn.end_stream(stream_id)
-                    items.clear()
-                    return True
+                    return self._over(out)
                 else:  # trailers
                     conn.send_headers(stream_id, item, end_stream=True)
-                    items.clear()
-                    return True
+                    return self._over(out)
                 items.popleft()
-                out.ack.popleft()
+                acks.popleft()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            items.clear()
-            out.ack.clear()
-            return True
+            return self._over(out)
         return False
+
+    @staticmethod
+    def _over(out: _Outgoing) -> bool:
+        out.items.clear()
+        out.ack.clear()
+        out.size = 0
+        return True
 
     @staticmethod
     def _try(action: Callable[[], object]) -> None:

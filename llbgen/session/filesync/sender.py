@@ -204,23 +204,18 @@ class _Sender:
             raise _Stop(f"cannot read {rel}: {exc.strerror}", code=grpc.StatusCode.UNKNOWN) from None
         total = 0
         try:
-            st = os.fstat(fd)
-            if not stat_module.S_ISREG(st.st_mode):
+            if not stat_module.S_ISREG(os.fstat(fd).st_mode):
                 raise _Stop(
                     f"cannot read {rel}: it is no longer a regular file", code=grpc.StatusCode.UNKNOWN
                 )
-            # A small file in one read of its size (and one at its end): a read of a whole chunk
-            # would allocate and release the chunk's size for each of them.
-            size = min(st.st_size + 1, self._chunk_size)
             while True:
                 try:
-                    chunk = os.read(fd, size)
+                    chunk = os.read(fd, self._chunk_size)
                 except OSError as exc:
                     raise _Stop(f"cannot read {rel}: {exc.strerror}", code=grpc.StatusCode.UNKNOWN) from None
                 if not chunk:
                     break
                 total += len(chunk)
-                size = self._chunk_size
                 await context.write(Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk))
         finally:
             os.close(fd)
