@@ -14,14 +14,17 @@ Usage: .venv/bin/python benchmarks/build_vs_buildctl.py [upload|rebuild|all] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from private_daemon import STACK, private_daemon
@@ -62,6 +65,15 @@ def make_context(root: Path, files: int = 10_000, total: int = 200 << 20) -> Non
         (sub / f"f{i:05d}.bin").write_bytes(chunk[i % 97 :] + chunk[: i % 97])
 
 
+@contextlib.contextmanager
+def children_cpu(into: list[float]) -> Iterator[None]:
+    """Appends the CPU time (user + sys) of the child processes that ended in the block."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    into.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
 def upload(runs: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
     try:
@@ -77,16 +89,25 @@ def upload(runs: int) -> None:
             env = dict(os.environ, BUILDKIT_HOST=address)
             prune = ["buildctl", "--addr", address, "prune", "--all"]
             ours, theirs = [], []
+            # The clients' CPU (user + sys) as well: on a shared machine it varies less than time.
+            our_cpu: list[float] = []
+            their_cpu: list[float] = []
             for _ in range(runs):
                 subprocess.run(prune, check=True, capture_output=True)
-                ours.append(
-                    timed(LLBGEN + ["build", "upload", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain"], cwd=project, env=env)
-                )
+                with children_cpu(our_cpu):
+                    ours.append(
+                        timed(LLBGEN + ["build", "upload", "--platform", "linux/amd64", "--local", f"ctx={ctx}", "--progress", "plain"], cwd=project, env=env)
+                    )
                 subprocess.run(prune, check=True, capture_output=True)
-                theirs.append(
-                    timed(["buildctl", "--addr", address, "build", "--local", f"ctx={ctx}", "--progress", "plain"], stdin=open(definition, "rb"))
-                )
+                with children_cpu(their_cpu):
+                    theirs.append(
+                        timed(["buildctl", "--addr", address, "build", "--local", f"ctx={ctx}", "--progress", "plain"], stdin=open(definition, "rb"))
+                    )
             report("upload 10,000 files / 200 MB", ours, theirs, 1.5)
+            print(
+                f"upload: client CPU median llbgen {statistics.median(our_cpu):.2f}s, buildctl "
+                f"{statistics.median(their_cpu):.2f}s (runs {', '.join(f'{a:.2f}/{b:.2f}' for a, b in zip(our_cpu, their_cpu))})"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

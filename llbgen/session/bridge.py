@@ -150,36 +150,30 @@ class Bridge:
         assert isinstance(transport, asyncio.Transport)
         self._local = transport
         settings: dict[h2.settings.SettingCodes | int, int] = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW}
-        self._up.initiate_connection()
-        self._up.update_settings(settings)
-        self._up.increment_flow_control_window(_WINDOW - 65535)
-        self._down.initiate_connection()
-        self._down.update_settings(settings)
-        self._down.increment_flow_control_window(_WINDOW - 65535)
+        for conn in (self._up, self._down):
+            conn.initiate_connection()
+            conn.update_settings(settings)
+            conn.increment_flow_control_window(_WINDOW - 65535)
         self._flush()
 
     # -- bytes in ---------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
         """Bytes from the daemon."""
-        try:
-            events = self._up.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()
-            self.close()
-            return
-        for event in events:
-            self._on_up(event)
-        self._flush()
+        self._feed(self._up, data, self._on_up)
 
     def from_local(self, data: bytes) -> None:
+        self._feed(self._down, data, self._on_down)
+
+    def _feed(self, conn: h2.connection.H2Connection, data: bytes, handle: Callable[[h2.events.Event], None]) -> None:
         try:
-            events = self._down.receive_data(data)
+            events = conn.receive_data(data)
         except h2.exceptions.ProtocolError:
+            self._flush()  # the GOAWAY h2 queued
             self.close()
             return
         for event in events:
-            self._on_down(event)
+            handle(event)
         self._flush()
 
     def local_lost(self) -> None:
