@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse
-import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -40,10 +39,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ns
 
 
-@functools.cache
 def parser() -> argparse.ArgumentParser:
-    """The command line's parser; made once, as the resident process (``llbgen resident``) does
-    before it forks, so that commands it runs do not build it again."""
+    """The command line's parser."""
     parser = _Parser(prog="llbgen", description="Container images as Python functions, built with BuildKit.")
     parser.add_argument(
         "--images",
@@ -93,10 +90,6 @@ def parser() -> argparse.ArgumentParser:
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
-    resident = commands.add_parser(
-        "resident", help="keep llbgen imported in a process that runs later commands (faster start)"
-    )
-    resident.add_argument("action", choices=("status", "stop", "start"))
     return parser
 
 
@@ -227,20 +220,6 @@ def _daemon(action: str) -> int:
     return 0
 
 
-def _resident(action: str) -> int:
-    from llbgen.resident import server
-
-    if action == "start":
-        print(server.start())
-    elif action == "stop":
-        print("stopped" if server.stop() else "not running")
-    else:
-        running, path = server.status()
-        print(f"{'running' if running else 'not running'}: {path} (log: {server.log_file(path)})")
-        return 0 if running else 3
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = _parse_args(argv)
@@ -253,8 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return structure_cli.run(project, ns)
         if ns.command == "daemon":
             return _daemon(ns.action)
-        if ns.command == "resident":
-            return _resident(ns.action)
         return _llb(project, ns)
     except LLBGenError as exc:
         print(f"llbgen: error: {exc}", file=sys.stderr)
