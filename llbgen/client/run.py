@@ -22,6 +22,7 @@ from llbgen.client.connection import Connection, ConnectionError, TLSConfig
 from llbgen.client.daemon import EmbeddedDaemon
 from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import CacheOption, Output
+from llbgen.config import DaemonSettings
 from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
@@ -36,9 +37,12 @@ from llbgen.session.secrets import SecretSource, Secrets
 from llbgen.session.sshforward import SSHForwarder
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class BuildOptions:
+    """What to build and where: ``llbgen build``'s options (``llbgen test`` runs its checks with them)."""
+
     image: str
+    #: None: the image's platform for the daemon's (see ImageDefinition.default_platform).
     platforms: Sequence[Platform] | None = None
     args: Mapping[str, str] = attrs.field(factory=dict)
     outputs: Sequence[Output] = ()
@@ -50,18 +54,24 @@ class BuildOptions:
     ssh: Mapping[str, Path] = attrs.field(factory=dict)
     locals: Mapping[str, Path] = attrs.field(factory=dict)
     allow: Sequence[str] = ()
+    #: The daemon: ``address``, else ``$BUILDKIT_HOST``, else llbgen's own, started with ``daemon``.
     address: str | None = None
     tls: TLSConfig = TLSConfig()
+    daemon: DaemonSettings = DaemonSettings()
 
 
-def connect(address: str | None, tls: TLSConfig) -> Connection:
+def connect(options: BuildOptions) -> Connection:
     """``--addr``, else ``$BUILDKIT_HOST``, else llbgen's own daemon (started if needed)."""
-    address = address or os.environ.get("BUILDKIT_HOST") or EmbeddedDaemon.default().ensure_running()
-    return Connection(address, tls)
+    address = (
+        options.address
+        or os.environ.get("BUILDKIT_HOST")
+        or EmbeddedDaemon.default(options.daemon).ensure_running()
+    )
+    return Connection(address, options.tls)
 
 
 def build(project: Project, options: BuildOptions) -> dict[str, str]:
-    connection = connect(options.address, options.tls)
+    connection = connect(options)
     try:
         probed = connection.start_probe()
         definition = project.definition(options.image)  # while the daemon answers
