@@ -109,8 +109,9 @@ def rebuild(runs: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
     try:
         (work / "Dockerfile").write_text(DOCKERFILE.format(base=base, script=script))
+        (work / "llbgen.toml").write_text(f'[bases]\n"debian:trixie" = "{base}"\n')
         with private_daemon(work / "bk") as address:
-            env = dict(os.environ, BUILDKIT_HOST=address)
+            env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(work / "llbgen.toml"))
             ours_cmd = LLBGEN + ["build", "hello", "--platform", "linux/amd64", "--progress", "plain"]
             theirs_cmd = [
                 "buildctl", "--addr", address, "build", "--frontend", "dockerfile.v0",

@@ -14,12 +14,25 @@ from pathlib import Path
 
 from llbgen import config as configuration
 from llbgen import flags
-from llbgen.llb import dump
 from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
-from llbgen.structure import cli as structure_cli
+
+TEST_DESCRIPTION = """\
+Runs the structure tests of an image on every target platform (arm64 under QEMU) in one build,
+and reports each check. The tests are declared next to the image, in images/IMAGE/tests.py:
+
+    from llbgen.structure import CommandTest, FileContentTest, FileExistenceTest
+
+    def tests(ctx):                       # or a TESTS list, the same on every platform
+        return [
+            CommandTest("version", ["tool", "--version"], expected_output=[r"^tool 1\\.2"]),
+            FileExistenceTest("binary", "/usr/local/bin/tool", permissions="-rwxr-xr-x"),
+        ]
+
+The image's build steps are the ones 'llbgen build' runs, so they come from its cache.
+"""
 
 CONFIGURATION_HELP = """\
 configuration (TOML, every key optional): --config FILE, else $LLBGEN_CONFIG, else ./llbgen.toml,
@@ -76,7 +89,15 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--metadata-file", type=Path, help="write the build result (image digest...) as JSON to this file")
 
-    structure_cli.add_parser(commands)
+    test = commands.add_parser(
+        "test",
+        help="run an image's structure tests (images/IMAGE/tests.py) on every platform",
+        description=TEST_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    flags.add_build_flags(test, "target platforms, comma-separated (default: all the image's PLATFORMS)")
+    test.add_argument("-k", "--select", metavar="REGEX", help="only the checks whose name matches REGEX (re.search)")
+    test.add_argument("-v", "--verbose", action="store_true", help="show the details of passing checks too")
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
@@ -114,6 +135,8 @@ def _llb(project: Project, ns: argparse.Namespace) -> int:
     result = marshal(state, platform=target, local_unique_id=project.local_unique_id)
     if not result.ops:
         raise LLBGenError(f"image {ns.image!r} is empty (scratch): there is nothing to build")
+    from llbgen.llb import dump
+
     if ns.format == "pb":
         sys.stdout.buffer.write(result.serialize())
     elif ns.format == "json":
@@ -174,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "build":
             return _build(project, ns, config)
         if ns.command == "test":
+            from llbgen.structure import cli as structure_cli
+
             return structure_cli.run(project, ns, config)
         return _llb(project, ns)
     except LLBGenError as exc:

@@ -61,17 +61,24 @@ def build_options(ns: argparse.Namespace, config: Config, **more: Any) -> BuildO
     """The options :func:`add_build_flags` parsed into ``ns``, with ``more`` (outputs...)."""
     from llbgen.client.connection import TLSConfig
     from llbgen.client.run import BuildOptions
-    from llbgen.session.secrets import parse_secret_spec
-    from llbgen.session.sshforward import parse_ssh_spec
 
+    secrets, ssh = {}, {}
+    if ns.secret:
+        from llbgen.session.secrets import parse_secret_spec
+
+        secrets = _specs(ns.secret, parse_secret_spec, "--secret")
+    if ns.ssh:
+        from llbgen.session.sshforward import parse_ssh_spec
+
+        ssh = _specs(ns.ssh, parse_ssh_spec, "--ssh")
     return BuildOptions(
         image=ns.image,
         platforms=parse_platforms(ns.platform) if ns.platform is not None else None,
         args=parse_build_args(ns.arg),
         no_cache=ns.no_cache,
         progress=ns.progress,
-        secrets=_specs(ns.secret, parse_secret_spec, "--secret"),
-        ssh=_specs(ns.ssh, parse_ssh_spec, "--ssh"),
+        secrets=secrets,
+        ssh=ssh,
         locals={k: Path(v) for k, v in parse_pairs(ns.local, "--local").items()},
         allow=ns.allow,
         address=ns.addr,
