@@ -31,7 +31,7 @@ def main() -> None:
     try:
         for mode in ("cross", "emulated"):
             with private_daemon(work / mode) as address:
-                env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_STACK_DIR=str(STACK))
+                env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
                 env.pop("PYTHONDONTWRITEBYTECODE", None)
                 start = time.perf_counter()
                 subprocess.run(

@@ -8,8 +8,8 @@ A definition module provides::
 
 ``ctx`` says what is being built (target platform, build platform, build args) and gives access to
 other images of the project (``ctx.image("compilers")``: their state, built into the same graph,
-with nothing pushed in between) and to the pinned base images recorded by the stack bring-up
-(``ctx.base_image("debian:trixie")``).
+with nothing pushed in between) and to the base images the project configuration pins
+(``ctx.base_image("debian:trixie")``, see :mod:`llbgen.config`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 import traceback
 import types
@@ -33,11 +32,6 @@ from llbgen.llb.sources import image as image_source
 from llbgen.llb.state import State
 
 DEFINITION_FILE = "image.py"
-
-
-def default_bases_file() -> Path:
-    """Where scripts/stack-up records the pinned base images (read when a project is made)."""
-    return Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack")) / "bases.json"
 
 
 @attrs.frozen
@@ -89,7 +83,7 @@ class BuildContext:
         return self.project.state(name, attrs.evolve(self, target_platform=target))
 
     def base_image(self, name: str, *, platform: Platform | str | None = None) -> State:
-        """A base image by its short name, pinned by digest where the stack bring-up recorded it.
+        """A base image by its short name, pinned by digest in the project configuration.
 
         ``--arg base:NAME=REF`` overrides the recorded reference.
         """
@@ -104,7 +98,10 @@ class Project:
     """The ``images/`` directory of a project, with its definitions loaded on demand."""
 
     root: Path
-    bases_file: Path = attrs.field(factory=default_bases_file)
+    #: A JSON file of base image pins, ``{"NAME": "REF@sha256:..."}`` (read on first use).
+    bases_file: Path | None = None
+    #: Pins of their own, over those of ``bases_file``.
+    base_pins: Mapping[str, str] = attrs.field(factory=dict)
     _loaded: dict[str, ImageDefinition] = attrs.field(factory=dict, init=False)
     _states: dict[tuple[object, ...], State | None] = attrs.field(factory=dict, init=False)
     _bases: dict[str, str] | None = attrs.field(default=None, init=False)
@@ -117,9 +114,10 @@ class Project:
 
     def missing_pin_message(self, name: str) -> str:
         """What to say when no reference is pinned for base image ``name``."""
+        where = f"it is not in {self.bases_file}" if self.bases_file else "no bases-file is configured"
         return (
-            f"no pinned reference for base image {name!r}: run scripts/stack-up, which records "
-            f"it in {self.bases_file}, or pass --arg base:{name}=REF@sha256:..."
+            f"no pinned reference for base image {name!r} ({where}): pin it in the project "
+            f"configuration (llbgen.toml, see 'llbgen --help') or pass --arg base:{name}=REF@sha256:..."
         )
 
     def add_definition(self, name: str, path: Path) -> ImageDefinition:
@@ -176,13 +174,17 @@ class Project:
         return state
 
     def bases(self) -> dict[str, str]:
+        """The pinned base images: ``bases_file``'s (none if it does not exist), then ``base_pins``."""
         if self._bases is None:
-            try:
-                self._bases = dict(json.loads(self.bases_file.read_text()))
-            except FileNotFoundError:
-                self._bases = {}
-            except (OSError, ValueError) as exc:
-                raise DefinitionError(f"cannot read base image pins from {self.bases_file}: {exc}")
+            pins: dict[str, str] = {}
+            if self.bases_file is not None:
+                try:
+                    pins = dict(json.loads(self.bases_file.read_text()))
+                except FileNotFoundError:
+                    pass
+                except (OSError, ValueError) as exc:
+                    raise DefinitionError(f"cannot read base image pins from {self.bases_file}: {exc}")
+            self._bases = {**pins, **self.base_pins}
         return self._bases
 
 

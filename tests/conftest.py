@@ -54,11 +54,12 @@ class Cli:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    """A project with the repository's images and a bases file pinning a (fake) Debian base."""
+    """A project with the repository's images and a configuration pinning a (fake) Debian base."""
     shutil.copytree(ROOT / "images", tmp_path / "images")
     (tmp_path / "stack").mkdir()
     (tmp_path / "stack" / "bases.json").write_text(json.dumps({"debian:trixie": FAKE_DEBIAN}))
-    env = dict(os.environ, LLBGEN_STACK_DIR=str(tmp_path / "stack"), LLBGEN_RESIDENT="off")
+    (tmp_path / "stack" / "llbgen.toml").write_text('bases-file = "bases.json"\n')
+    env = dict(os.environ, LLBGEN_CONFIG=str(tmp_path / "stack" / "llbgen.toml"))
     return Cli(tmp_path, env)
 
 
@@ -86,6 +87,8 @@ def _stack_env() -> dict[str, str]:
         key, sep, value = line.partition("=")
         if sep and not line.startswith("#"):
             values[key.strip()] = value.strip()
+    if "LLBGEN_CONFIG" not in values:
+        pytest.fail(f"{env_file} has no LLBGEN_CONFIG (llbgen.toml): run scripts/stack-up again")
     return values
 
 
@@ -106,7 +109,5 @@ def project(tmp_path: Path, stack: dict[str, str]) -> Cli:
     """A project with the repository's images, building on the stack's daemon with its base pins."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "images", root / "images")
-    env = dict(
-        os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"], LLBGEN_RESIDENT="off"
-    )
+    env = dict(os.environ, LLBGEN_CONFIG=stack["LLBGEN_CONFIG"], BUILDKIT_HOST=stack["BUILDKIT_HOST"])
     return Cli(root, env)

@@ -227,14 +227,15 @@ def test_missing_build_function(cli: Cli) -> None:
 
 
 def test_missing_base_pin_says_what_to_do(cli: Cli) -> None:
-    (Path(cli.env["LLBGEN_STACK_DIR"]) / "bases.json").unlink()
+    bases = Path(cli.env["LLBGEN_CONFIG"]).parent / "bases.json"
+    bases.unlink()
     message = _error(cli("llb", "hello", "--format", "json"), 1)
     assert "images/hello/image.py:" in message
-    assert "scripts/stack-up" in message and "--arg base:debian:trixie=" in message
+    assert f"not in {bases}" in message and "llbgen.toml" in message and "--arg base:debian:trixie=" in message
 
 
 def test_base_pin_can_be_given_as_an_arg(cli: Cli) -> None:
-    (Path(cli.env["LLBGEN_STACK_DIR"]) / "bases.json").unlink()
+    (Path(cli.env["LLBGEN_CONFIG"]).parent / "bases.json").unlink()
     ref = "registry.example/debian:trixie@sha256:" + "1" * 64
     out = cli("llb", "hello", "--arg", f"base:debian:trixie={ref}", "--format", "json")
     assert out.code == 0, out.stderr
@@ -274,3 +275,77 @@ def test_a_build_arg_outside_its_choices_is_reported_at_the_line_asking_for_it(c
     assert cli("llb", "choice", "--arg", "MODE=slow").code == 0
     message = _error(cli("llb", "choice", "--arg", "MODE=other"), 1)
     assert message == "llbgen: error: images/choice/image.py:3: --arg MODE=other: expected one of fast, slow", message
+
+
+def _pin(n: int) -> str:
+    return f"127.0.0.1:5000/llbgen/debian:trixie@sha256:{n:064x}"
+
+
+def test_the_configuration_comes_from_the_flag_the_variable_or_the_project_directory(cli: Cli) -> None:
+    def pinned() -> str:
+        out = cli(*args, "llb", "hello", "--format", "json")
+        assert out.code == 0, out.stderr
+        return next(_pin(n) for n in range(1, 5) if _pin(n) in out.text)
+
+    (cli.cwd / "pyproject.toml").write_text(f'[project]\nname = "x"\n\n[tool.llbgen.bases]\n"debian:trixie" = "{_pin(1)}"\n')
+    (cli.cwd / "env.toml").write_text(f'[bases]\n"debian:trixie" = "{_pin(3)}"\n')
+    (cli.cwd / "flag.toml").write_text(f'[bases]\n"debian:trixie" = "{_pin(4)}"\n')
+    del cli.env["LLBGEN_CONFIG"]
+    args: tuple[str, ...] = ()
+    assert pinned() == _pin(1)
+    (cli.cwd / "llbgen.toml").write_text(f'[bases]\n"debian:trixie" = "{_pin(2)}"\n')
+    assert pinned() == _pin(2)
+    cli.env["LLBGEN_CONFIG"] = str(cli.cwd / "env.toml")
+    assert pinned() == _pin(3)
+    args = ("--config", "flag.toml")
+    assert pinned() == _pin(4)
+
+
+def test_pins_of_the_configuration_override_its_bases_file(cli: Cli) -> None:
+    config = Path(cli.env["LLBGEN_CONFIG"])
+    config.write_text(config.read_text() + f'\n[bases]\n"debian:trixie" = "{_pin(7)}"\n')
+    out = cli("llb", "hello", "--format", "json")
+    assert out.code == 0 and _pin(7) in out.text and FAKE_DEBIAN not in out.text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('bases-file = "bases.json"\nbase-file = "x"\n', "llbgen.toml:2: base-file: unknown key"),
+        ('[daemon]\n\nentitlements = ["network.host", "network.none"]\n', "llbgen.toml:3: daemon.entitlements: unknown entitlement 'network.none'"),
+        ('[daemon]\ninsecure-registries = ["http://127.0.0.1:5000"]\n', "llbgen.toml:2: daemon.insecure-registries: 'http://127.0.0.1:5000' is not HOST[:PORT]"),
+        ('[bases]\n"debian:trixie" = "debian:trixie"\n', "llbgen.toml:2: bases.\"debian:trixie\": 'debian:trixie' is not pinned"),
+        ("bases-file = 1\n", "llbgen.toml:1: bases-file: expected a string, not a number"),
+        ('bases-file = "a"\n[daemon\n', "llbgen.toml:2: Expected ']' at the end of a table declaration"),
+    ],
+)  # fmt: skip
+def test_a_mistake_in_the_configuration_is_one_line_at_its_file_and_line(cli: Cli, text: str, expected: str) -> None:
+    del cli.env["LLBGEN_CONFIG"]
+    (cli.cwd / "llbgen.toml").write_text(text)
+    message = _error(cli("ls"), 2)
+    assert message.startswith(f"llbgen: error: {expected}"), message
+
+
+def test_a_configuration_that_is_not_there_is_a_usage_error(cli: Cli) -> None:
+    assert _error(cli("--config", "absent.toml", "ls"), 2) == "llbgen: error: --config absent.toml: no such file"
+    cli.env["LLBGEN_CONFIG"] = "/nonexistent/llbgen.toml"
+    assert "$LLBGEN_CONFIG /nonexistent/llbgen.toml: no such file" in _error(cli("ls"), 2)
+
+
+def test_llbgens_own_daemon_trusts_only_what_the_configuration_says() -> None:
+    import tomllib
+
+    from llbgen.client.daemon import EmbeddedDaemon
+    from llbgen.config import DaemonSettings
+
+    bare = tomllib.loads(EmbeddedDaemon(Path("/x")).config())
+    assert bare["insecure-entitlements"] == [] and "registry" not in bare
+    configured = tomllib.loads(EmbeddedDaemon(Path("/x"), DaemonSettings(("127.0.0.1:5000",), ("network.host",))).config())
+    assert configured["insecure-entitlements"] == ["network.host"]
+    assert configured["registry"] == {"127.0.0.1:5000": {"http": True, "insecure": True}}
+
+
+def test_build_and_test_share_their_flags(cli: Cli) -> None:
+    for command in ("build", "test"):
+        assert "--secret 'nokey': " in _error(cli(command, "hello", "--secret", "nokey"), 2)
+        assert "--local 'ctx' must be KEY=VALUE" in _error(cli(command, "hello", "--local", "ctx"), 2)

@@ -145,7 +145,7 @@ def test_definition_errors_carry_their_source(tmp_path: Path, monkeypatch: pytes
 
 
 def _env(stack: dict[str, str]) -> dict[str, str]:
-    return dict(os.environ, BUILDKIT_HOST=stack["BUILDKIT_HOST"], LLBGEN_STACK_DIR=str(STACK_DIR))
+    return dict(os.environ, BUILDKIT_HOST=stack["BUILDKIT_HOST"], LLBGEN_CONFIG=stack["LLBGEN_CONFIG"])
 
 
 def _run(

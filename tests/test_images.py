@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAKE_DEBIAN, ROOT, STACK_DIR, Cli
+from tests.conftest import FAKE_DEBIAN, ROOT, Cli
 
 # A cold build of the compilers image for arm64 runs apt under QEMU for several minutes, more than
 # the project fixture's 120 s per command allows: builds here run with their own timeout.
@@ -147,7 +147,7 @@ def bpftool(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     """
     root = tmp_path_factory.mktemp("bpftool")
     shutil.copytree(ROOT / "images", root / "project" / "images")
-    env = dict(os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"])
+    env = dict(os.environ, LLBGEN_CONFIG=stack["LLBGEN_CONFIG"], BUILDKIT_HOST=stack["BUILDKIT_HOST"])
     out = root / "out"
     log = build_ok(
         Cli(root / "project", env), "bpftool", "--platform", "linux/amd64,linux/arm64",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -144,3 +147,52 @@ def test_per_state_platform_lets_one_graph_build_and_target_different_platforms(
     )
     image = "docker-image://docker.io/library/debian:latest"
     assert placed == [(image, "amd64"), (image, "arm64"), ("make ARCH=arm64", "amd64")]
+
+
+def _imports(package: Path) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports anywhere (function-level imports included),
+    leaving out a module's own packages: their ``__init__`` re-exports it."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*here.split(".")[: len(here.split(".")) - node.level + 1], *filter(None, [base])])
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_no_import_cycles_outside_the_graph_library() -> None:
+    graph = _imports(Path(llbgen.__file__).parent)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            module = todo.pop()
+            if module == goal:
+                return True
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+        return False
+
+    assert "llbgen.cli" not in graph["llbgen.structure.cli"]
+    cycles = {
+        (module, dep)
+        for module in graph
+        for dep in graph[module]
+        if reaches(dep, module) and not (module.startswith("llbgen.llb.") and dep.startswith("llbgen.llb."))
+    }
+    # The graph library's states and ops refer to each other at run time; nothing else may.
+    assert cycles == set()

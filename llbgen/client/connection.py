@@ -94,42 +94,6 @@ def _grpc_target(address: str) -> str:
     return f"{url.hostname}:{url.port}"
 
 
-class _Preconnected:
-    """Channels opened and connected before a command needed them, by target (plain ones only)."""
-
-    def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    async def open(self, address: str) -> None:
-        target = _grpc_target(address)
-        channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-        self._channels[target] = channel
-        channel.get_state(try_to_connect=True)
-
-    def take(self, target: str) -> grpc.aio.Channel | None:
-        """The channel to ``target`` opened ahead, unless it has found no daemon there since."""
-        channel = self._channels.pop(target, None)
-        if channel is not None and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            asyncio.get_running_loop().create_task(channel.close(None))
-            return None
-        return channel
-
-
-_preconnected = _Preconnected()
-
-
-def preconnect(address: str) -> None:
-    """Opens a channel to ``address`` (``unix://`` or plain ``tcp://``) and starts connecting it.
-
-    The resident process's spare (``llbgen resident``) does this while it waits: the connection
-    and its HTTP/2 handshake are then done when a command makes a :class:`Connection` to the same
-    address without TLS. A daemon that went away in the meantime costs nothing: the channel is
-    dropped for a new one.
-    """
-    if urlsplit(address).scheme in ("unix", "tcp"):
-        asyncio.run_coroutine_threadsafe(_preconnected.open(address), background_loop()).result()
-
-
 class Connection:
     """A gRPC channel to one daemon, with the stubs llbgen uses.
 
@@ -163,7 +127,7 @@ class Connection:
 
         async def open_channel() -> grpc.aio.Channel:  # an asyncio channel belongs to its loop
             if credentials is None:
-                return _preconnected.take(target) or grpc.aio.insecure_channel(target, options=options)
+                return grpc.aio.insecure_channel(target, options=options)
             return grpc.aio.secure_channel(target, credentials, options=options)
 
         self.channel = self.call(open_channel)

@@ -3,11 +3,16 @@
 It runs from ``$LLBGEN_BUILDKITD`` or PATH on a private socket, keeps its state in a per-user
 directory, outlives the command that started it, and is reused by later commands (a file lock
 makes concurrent first runs start only one). ``llbgen daemon status|stop`` manage it.
+
+What it trusts (registries over plain HTTP, insecure entitlements) is the ``[daemon]`` table of
+the project configuration (:mod:`llbgen.config`) of the command that starts it: nothing unless
+configured. A change takes effect the next time it starts (``llbgen daemon stop``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -18,37 +23,37 @@ from pathlib import Path
 import attrs
 
 from llbgen.client.connection import Connection, ConnectionError
+from llbgen.config import DaemonSettings
 
 START_TIMEOUT = 30.0
-
-_CONFIG = """\
-# Written by llbgen for its own buildkitd; edit freely, llbgen does not overwrite it.
-insecure-entitlements = ["network.host"]
-
-[worker.oci]
-  enabled = true
-
-[worker.containerd]
-  enabled = false
-
-[registry."127.0.0.1:5000"]
-  http = true
-  insecure = true
-
-[registry."localhost:5000"]
-  http = true
-  insecure = true
-"""
 
 
 @attrs.frozen
 class EmbeddedDaemon:
     state_dir: Path
+    settings: DaemonSettings = DaemonSettings()
 
     @classmethod
-    def default(cls) -> EmbeddedDaemon:
+    def default(cls, settings: DaemonSettings = DaemonSettings()) -> EmbeddedDaemon:
         data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return cls(data / "llbgen" / "buildkitd")
+        return cls(data / "llbgen" / "buildkitd", settings)
+
+    def config(self) -> str:
+        """buildkitd.toml for :attr:`settings` (the project configuration's ``[daemon]``)."""
+        lines = [
+            "# Written by llbgen each time it starts its buildkitd, from the [daemon] table of the",
+            "# project configuration (llbgen.toml) of the command that started it.",
+            f"insecure-entitlements = {_toml_list(self.settings.entitlements)}",
+            "",
+            "[worker.oci]",
+            "  enabled = true",
+            "",
+            "[worker.containerd]",
+            "  enabled = false",
+        ]
+        for registry in self.settings.insecure_registries:
+            lines += ["", f"[registry.{json.dumps(registry)}]", "  http = true", "  insecure = true"]
+        return "\n".join(lines) + "\n"
 
     @property
     def address(self) -> str:
@@ -100,8 +105,7 @@ class EmbeddedDaemon:
                 "or point --addr/BUILDKIT_HOST at a running daemon"
             )
         config = self.state_dir / "buildkitd.toml"
-        if not config.exists():
-            config.write_text(_CONFIG)
+        config.write_text(self.config())
         socket = self.state_dir / "buildkitd.sock"
         socket.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
@@ -139,3 +143,7 @@ class EmbeddedDaemon:
             os.kill(pid, signal.SIGKILL)
         self._pid_file.unlink(missing_ok=True)
         return True
+
+
+def _toml_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"

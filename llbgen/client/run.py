@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
@@ -19,9 +19,9 @@ from llbgen.client.build import (
     run_build,
 )
 from llbgen.client.connection import Connection, ConnectionError, TLSConfig
-from llbgen.client.daemon import EmbeddedDaemon
 from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import CacheOption, Output
+from llbgen.config import DaemonSettings
 from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
@@ -29,16 +29,20 @@ from llbgen.pb import ops_pb2
 from llbgen.progress import StatusTracker, failure_summary, make_printer
 from llbgen.project import Project
 from llbgen.session.auth import Auth
-from llbgen.session.content import LocalCacheError, LocalCaches
 from llbgen.session.core import Service
 from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamTarget
-from llbgen.session.secrets import SecretSource, Secrets
-from llbgen.session.sshforward import SSHForwarder
+
+if TYPE_CHECKING:
+    from llbgen.session.content import LocalCaches
+    from llbgen.session.secrets import SecretSource
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class BuildOptions:
+    """What to build and where: ``llbgen build``'s options (``llbgen test`` runs its checks with them)."""
+
     image: str
+    #: None: the image's platform for the daemon's (see ImageDefinition.default_platform).
     platforms: Sequence[Platform] | None = None
     args: Mapping[str, str] = attrs.field(factory=dict)
     outputs: Sequence[Output] = ()
@@ -50,18 +54,24 @@ class BuildOptions:
     ssh: Mapping[str, Path] = attrs.field(factory=dict)
     locals: Mapping[str, Path] = attrs.field(factory=dict)
     allow: Sequence[str] = ()
+    #: The daemon: ``address``, else ``$BUILDKIT_HOST``, else llbgen's own, started with ``daemon``.
     address: str | None = None
     tls: TLSConfig = TLSConfig()
+    daemon: DaemonSettings = DaemonSettings()
 
 
-def connect(address: str | None, tls: TLSConfig) -> Connection:
+def connect(options: BuildOptions) -> Connection:
     """``--addr``, else ``$BUILDKIT_HOST``, else llbgen's own daemon (started if needed)."""
-    address = address or os.environ.get("BUILDKIT_HOST") or EmbeddedDaemon.default().ensure_running()
-    return Connection(address, tls)
+    address = options.address or os.environ.get("BUILDKIT_HOST")
+    if not address:
+        from llbgen.client.daemon import EmbeddedDaemon
+
+        address = EmbeddedDaemon.default(options.daemon).ensure_running()
+    return Connection(address, options.tls)
 
 
 def build(project: Project, options: BuildOptions) -> dict[str, str]:
-    connection = connect(options.address, options.tls)
+    connection = connect(options)
     try:
         probed = connection.start_probe()
         definition = project.definition(options.image)  # while the daemon answers
@@ -86,16 +96,7 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             frontend_attrs=_frontend_attrs(platforms, options.args),
             shared_key=project.local_unique_id,
         )
-        services: list[Service] = [
-            FileSync(dirs),
-            FileSend(_export_targets(options.outputs)),
-            Auth(),
-            Secrets(options.secrets),
-            SSHForwarder(options.ssh),
-        ]
-        content = caches.service()
-        if content is not None:
-            services.append(content)
+        services = _services(options, dirs, caches)
         # The failure summary (below) shows the failed step's log, so the printer does not.
         try:
             printer = make_printer(options.progress, sys.stderr, error_logs=False)
@@ -108,18 +109,41 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
             raise LLBGenError(_explain_failure(exc, printer.tracker, definitions)) from None
         finally:
             printer.close()
-        try:
-            caches.finish(response)  # index.json of --cache-to type=local directories
-        except LocalCacheError as exc:
-            raise LLBGenError(str(exc)) from None
-        _warn(caches)
+        if caches is not None:
+            _finish(caches, response)
         return response
     finally:
         connection.close()
 
 
-def _local_caches(options: BuildOptions) -> tuple[LocalCaches, list[CacheOption]]:
-    """Local cache directories, served as content stores; their imports resolved to a digest now."""
+def _services(options: BuildOptions, dirs: Mapping[str, Path], caches: LocalCaches | None) -> list[Service]:
+    """The session's services: those any build may call on, and those of the features it uses
+    (as buildctl attaches secrets and ssh only with --secret and --ssh; the daemon then says that
+    none was given)."""
+    services: list[Service] = [FileSync(dirs), FileSend(_export_targets(options.outputs)), Auth()]
+    if options.secrets:
+        from llbgen.session.secrets import Secrets
+
+        services.append(Secrets(options.secrets))
+    if options.ssh:
+        from llbgen.session.sshforward import SSHForwarder
+
+        services.append(SSHForwarder(options.ssh))
+    content = caches.service() if caches is not None else None
+    if content is not None:
+        services.append(content)
+    return services
+
+
+def _local_caches(options: BuildOptions) -> tuple[LocalCaches | None, list[CacheOption]]:
+    """Local cache directories, served as content stores; their imports resolved to a digest now.
+
+    No content store (None) when the build names no local cache directory.
+    """
+    if all(option.type != "local" for option in (*options.cache_to, *options.cache_from)):
+        return None, list(options.cache_from)
+    from llbgen.session.content import LocalCacheError, LocalCaches
+
     caches = LocalCaches()
     cache_from: list[CacheOption] = []
     try:
@@ -134,6 +158,17 @@ def _local_caches(options: BuildOptions) -> tuple[LocalCaches, list[CacheOption]
         raise LLBGenError(str(exc)) from None
     _warn(caches)
     return caches, cache_from
+
+
+def _finish(caches: LocalCaches, response: Mapping[str, str]) -> None:
+    """Writes index.json of --cache-to type=local directories."""
+    from llbgen.session.content import LocalCacheError
+
+    try:
+        caches.finish(response)
+    except LocalCacheError as exc:
+        raise LLBGenError(str(exc)) from None
+    _warn(caches)
 
 
 def _warn(caches: LocalCaches) -> None:

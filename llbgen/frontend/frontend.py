@@ -176,7 +176,6 @@ def prepare(
 
     project = _FrontendProject(
         layout.images,
-        bases_file=tmp / "bases.json",  # none: pins come from build-arg:base:NAME
         main=layout.name,
         main_file=layout.main_file,
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import attrs
 
-from llbgen.client.connection import TLSConfig
 from llbgen.client.outputs import Output
 from llbgen.client.run import BuildOptions, build
 from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
@@ -23,7 +22,6 @@ from llbgen.llb.location import Location
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
 from llbgen.project import BuildContext, ImageDefinition, Project, load_module, user_error
-from llbgen.session.secrets import SecretSource
 from llbgen.structure.compiler import RESULTS, CompiledSuite, compile_checks
 from llbgen.structure.evaluate import Outcome, evaluate, read_outcome
 from llbgen.structure.spec import CHECK_TYPES, Check
@@ -56,19 +54,12 @@ class CheckResult:
 
 @attrs.frozen
 class TestOptions:
-    image: str
-    platforms: Sequence[Platform] | None = None
-    args: Mapping[str, str] = attrs.field(factory=dict)
+    """``build``: the image and how to build it, as for ``llbgen build`` (its outputs are the
+    runner's own); ``build.platforms`` None means all the image's ``PLATFORMS``."""
+
+    build: BuildOptions
     #: Only the checks whose name this regular expression matches (``re.search``).
     select: str | None = None
-    no_cache: bool = False
-    progress: str = "auto"
-    secrets: Mapping[str, SecretSource] = attrs.field(factory=dict)
-    ssh: Mapping[str, Path] = attrs.field(factory=dict)
-    locals: Mapping[str, Path] = attrs.field(factory=dict)
-    allow: Sequence[str] = ()
-    address: str | None = None
-    tls: TLSConfig = TLSConfig()
 
 
 def load_suite(project: Project, image: str) -> TestSuite:
@@ -165,7 +156,7 @@ class _SuiteProject(Project):
 def run_tests(project: Project, options: TestOptions) -> list[CheckResult]:
     """Builds and runs every check on every platform; the results in declaration order.
 
-    Platforms: ``options.platforms``, else all the image's ``PLATFORMS`` (else the daemon's).
+    Platforms: ``options.build.platforms``, else all the image's ``PLATFORMS`` (else the daemon's).
     Raises LLBGenError when the image (or the harness) cannot be built; failing checks do not.
     """
     if options.select is not None:
@@ -173,25 +164,14 @@ def run_tests(project: Project, options: TestOptions) -> list[CheckResult]:
             re.compile(options.select)
         except re.error as exc:
             raise UsageError(f"invalid check filter {options.select!r}: {exc}") from None
-    suite = load_suite(project, options.image)
-    runner = _SuiteProject(project.root, project.bases_file, suite=suite, select=options.select)
-    platforms = options.platforms or runner.definition(options.image).platforms or None
+    suite = load_suite(project, options.build.image)
+    runner = _SuiteProject(project.root, project.bases_file, project.base_pins, suite=suite, select=options.select)
+    platforms = options.build.platforms or runner.definition(suite.image).platforms or None
     with tempfile.TemporaryDirectory(prefix="llbgen-test-") as tmp:
         build(
             runner,
-            BuildOptions(
-                image=runner.pseudo,
-                platforms=platforms,
-                args=options.args,
-                outputs=[Output("local", {}, tmp)],
-                no_cache=options.no_cache,
-                progress=options.progress,
-                secrets=options.secrets,
-                ssh=options.ssh,
-                locals=options.locals,
-                allow=options.allow,
-                address=options.address,
-                tls=options.tls,
+            attrs.evolve(
+                options.build, image=runner.pseudo, platforms=platforms, outputs=[Output("local", {}, tmp)]
             ),
         )
         return collect(runner.compiled, Path(tmp))
