@@ -110,3 +110,16 @@ def project(tmp_path: Path, stack: dict[str, str]) -> Cli:
         os.environ, LLBGEN_STACK_DIR=str(STACK_DIR), BUILDKIT_HOST=stack["BUILDKIT_HOST"], LLBGEN_RESIDENT="off"
     )
     return Cli(root, env)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the stack (the ``stack`` fixture, directly or through another) must carry
+    the ``buildkit`` marker: ``pytest -m "not buildkit"`` is the tier that runs with no daemon, and a
+    forgotten marker would only show there."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "stack" in getattr(item, "fixturenames", ()) and item.get_closest_marker("buildkit") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that use the stack without @pytest.mark.buildkit: " + ", ".join(unmarked))

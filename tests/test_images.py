@@ -158,6 +158,7 @@ def bpftool(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.mark.buildkit
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
 def test_bpftool_is_one_static_binary_for_its_platform(bpftool: Path, arch: str) -> None:
     root = bpftool / f"linux_{arch}"
@@ -171,6 +172,7 @@ def test_bpftool_is_one_static_binary_for_its_platform(bpftool: Path, arch: str)
     assert elf.section(".symtab") is None, "not stripped"
 
 
+@pytest.mark.buildkit
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
 def test_bpftool_version_and_provenance_match_the_pins(bpftool: Path, arch: str) -> None:
     exe = bpftool / f"linux_{arch}" / "usr/local/bin/bpftool"
@@ -199,6 +201,7 @@ def test_bpftool_version_and_provenance_match_the_pins(bpftool: Path, arch: str)
     assert any(line.startswith(f"libzstd-dev:{arch} ") for line in lines), lines
 
 
+@pytest.mark.buildkit
 def test_bpftool_pin_gone_from_the_mirror_says_how_to_move_it(project: Cli) -> None:
     result = build(
         project, "bpftool", "--platform", "linux/amd64",
@@ -247,6 +250,7 @@ def build(ctx):
 '''
 
 
+@pytest.mark.buildkit
 def test_compilers_native_and_cross_targets(project: Cli, tmp_path: Path) -> None:
     project.write_image("check-compilers", CHECK_COMPILERS)
     out = tmp_path / "out"
@@ -327,6 +331,7 @@ def test_bpftool_from_upstream_tarballs_is_pinned_by_checksum(cli: Cli) -> None:
     assert missing.code == 1 and "LINUX_TARBALL_SHA256" in missing.stderr
 
 
+@pytest.mark.buildkit
 @pytest.mark.parametrize("image", ["bpftool", "compilers"])
 def test_structure_tests_pass_on_both_platforms(project: Cli, image: str) -> None:
     """`llbgen test IMAGE`: the image's declared checks, amd64 natively and arm64 under QEMU."""

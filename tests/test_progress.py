@@ -651,6 +651,7 @@ def test_make_printer_modes(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- against a live daemon ----------------------------------------------------------------------
 
 
+@pytest.mark.buildkit
 def test_plain_matches_buildctl_on_a_live_build(tmp_path: Path, stack: dict[str, str]) -> None:
     """Builds a failing exec on the stack's daemon and compares, ignoring timing-dependent grouping."""
     import json
