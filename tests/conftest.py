@@ -111,3 +111,16 @@ def project(tmp_path: Path, stack: dict[str, str]) -> Cli:
     shutil.copytree(ROOT / "images", root / "images")
     env = dict(os.environ, LLBGEN_CONFIG=stack["LLBGEN_CONFIG"], BUILDKIT_HOST=stack["BUILDKIT_HOST"])
     return Cli(root, env)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the stack (the ``stack`` fixture, directly or through another) must carry
+    the ``buildkit`` marker: ``pytest -m "not buildkit"`` is the tier that runs with no daemon, and a
+    forgotten marker would only show there."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "stack" in getattr(item, "fixturenames", ()) and item.get_closest_marker("buildkit") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that use the stack without @pytest.mark.buildkit: " + ", ".join(unmarked))

@@ -9,8 +9,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Cli
 from tests.test_build_lifecycle import private_daemon, step_lines  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.buildkit  # every test here builds on the stack's daemon
 
 IMAGE = '''
 import llbgen

@@ -23,6 +23,8 @@ import pytest
 
 from tests.conftest import Cli
 
+pytestmark = pytest.mark.buildkit  # every test here builds on the stack's daemon
+
 COPY_CONTEXT = '''
 import llbgen
 

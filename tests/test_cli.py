@@ -35,8 +35,10 @@ def test_llb_is_accepted_by_buildctl_and_json_matches_dump_llb(cli: Cli, buildct
 def test_dot_matches_dump_llb(cli: Cli, buildctl) -> None:
     pb = cli("llb", "hello", "--platform", "linux/arm64")
     dot = cli("llb", "hello", "--platform", "linux/arm64", "--format", "dot")
-    assert dot.code == 0, dot.stderr
-    assert dot.text == buildctl("debug", "dump-llb", "--dot", stdin=pb.stdout).stdout.decode()
+    assert pb.code == 0 and dot.code == 0, pb.stderr + dot.stderr
+    dumped = buildctl("debug", "dump-llb", "--dot", stdin=pb.stdout)
+    assert dumped.returncode == 0, dumped.stderr
+    assert dot.text == dumped.stdout.decode()
     assert dot.text.startswith("digraph {")
 
 
@@ -79,10 +81,13 @@ def test_one_image_uses_another_without_pushing(cli: Cli) -> None:
             return llbgen.scratch().file(llbgen.copy(hello, "/usr/local/bin/hello", "/hello"))
         """,
     )
-    app = cli("llb", "app", "--platform", "linux/arm64", "--format", "json").text
-    hello = cli("llb", "hello", "--platform", "linux/arm64", "--format", "json").text
-    # Every op of hello (but its terminal) is part of app's graph, with the same digests.
-    assert hello.splitlines()[:-1] == app.splitlines()[: len(hello.splitlines()) - 1]
+    app = cli("llb", "app", "--platform", "linux/arm64", "--format", "json")
+    hello = cli("llb", "hello", "--platform", "linux/arm64", "--format", "json")
+    assert app.code == 0 and hello.code == 0, app.stderr + hello.stderr
+    # Every op of hello (but its terminal) is part of app's graph, with the same digests; then app's copy.
+    ops = hello.text.splitlines()[:-1]
+    assert len(ops) >= 3 and ops == app.text.splitlines()[: len(ops)]
+    assert '"src":"/usr/local/bin/hello","dest":"/hello"' in app.text.splitlines()[len(ops)]
 
 
 def _error(result, code: int) -> str:

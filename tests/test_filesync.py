@@ -12,6 +12,8 @@ import os
 import queue
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,7 @@ from llbgen.session.filesync import (
     resolve_follow_paths,
     walk,
 )
+from tests.conftest import ROOT
 
 Packet = fsutil_wire_pb2.Packet
 Stat = fsutil_stat_pb2.Stat
@@ -114,6 +117,29 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., grpc.Channel
         server.close()
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def ran_unprivileged(request: pytest.FixtureRequest) -> bool:
+    """For a test of permission errors, which root never gets: as root, runs the test again in
+    pytest as the user nobody (setpriv) and returns True once it passed there, so that the caller
+    returns; as any other user, returns False and the caller runs its checks itself."""
+    if not IS_ROOT:
+        return False
+    base = Path(tempfile.mkdtemp(prefix="llbgen-nobody-"))
+    try:
+        os.chown(base, 65534, 65534)  # nobody, nogroup
+        run = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+             f"--basetemp={base}/pytest",
+             request.node.nodeid],
+            cwd=ROOT, env={**os.environ, "HOME": str(base)}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    return True
 
 
 def metadata(**values: str | Sequence[str]) -> list[tuple[str, str]]:
@@ -543,8 +569,9 @@ def test_walk_of_a_missing_root(tmp_path: Path) -> None:
         list(walk(tmp_path / "missing"))
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads everything")
-def test_unreadable_directory_is_an_error_unless_excluded(tmp_path: Path) -> None:
+def test_unreadable_directory_is_an_error_unless_excluded(tmp_path: Path, ran_unprivileged: bool) -> None:
+    if ran_unprivileged:
+        return
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / "f").write_text("x")
     os.chmod(tmp_path / "locked", 0)
@@ -628,10 +655,11 @@ def test_a_file_that_cannot_be_read_is_a_clear_error(
     assert "cannot read gone.txt" in fs.status["context"].errors[0]
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads everything")
 def test_a_file_without_read_permission_is_a_clear_error(
-    tmp_path: Path, serve: Callable[..., grpc.Channel]
+    tmp_path: Path, serve: Callable[..., grpc.Channel], ran_unprivileged: bool
 ) -> None:
+    if ran_unprivileged:
+        return
     (tmp_path / "locked.txt").write_text("x")
     os.chmod(tmp_path / "locked.txt", 0)
     channel = serve(FileSync({"context": tmp_path}))

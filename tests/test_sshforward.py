@@ -24,10 +24,14 @@ from llbgen.pb import ssh_pb2, ssh_pb2_grpc
 from llbgen.session.core import ServiceServer
 from llbgen.session.sshforward import ID_METADATA_KEY, SSHForwarder, parse_ssh_spec, parse_ssh_specs
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("ssh-agent", "ssh-add", "ssh-keygen")),
-    reason="needs openssh-client (apt-get install openssh-client)",
-)
+
+@pytest.fixture(autouse=True)
+def openssh_client() -> None:
+    """The real ssh-agent is what these tests forward: without it they fail, never skip."""
+    missing = [tool for tool in ("ssh-agent", "ssh-add", "ssh-keygen") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install openssh-client (scripts/setup-dev does)")
+
 
 REQUEST_IDENTITIES = bytes([0, 0, 0, 1, 11])
 REMOVE_ALL_IDENTITIES = bytes([0, 0, 0, 1, 19])
@@ -245,7 +249,7 @@ def test_raw_agent_protocol_both_ways(stub: ssh_pb2_grpc.SSHStub, agents: dict[s
     assert stream.close() == []
     # The refused request did not reach the agent: the key is still there.
     listed = subprocess.run(["ssh-add", "-L"], env=agents["default"].env(), capture_output=True, text=True)
-    assert agents["default"].public_key in listed.stdout
+    assert listed.returncode == 0 and agents["default"].public_key in listed.stdout, listed.stderr
 
 
 def test_agent_id_comes_from_metadata(stub: ssh_pb2_grpc.SSHStub, agents: dict[str, Agent]) -> None:
@@ -338,6 +342,7 @@ def test_forwarded_agent_is_read_only(daemon_side, agents: dict[str, Agent], sho
     )
     assert locked.returncode != 0
     listed = subprocess.run(["ssh-add", "-L"], env=agent.env(), capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split()[:2] == agent.public_key.split()
     assert len(listed.stdout.splitlines()) == 1
 

@@ -452,6 +452,7 @@ def failure_details(stdout: str, name: str, platform: str) -> str:
     return next(b for b in block if re.match(rf"\s+\w+\s+{re.escape(name)}\n", b))
 
 
+@pytest.mark.buildkit
 def test_probe_on_both_platforms_reports_every_check(probe: Cli) -> None:
     result = probe("test", "probe", "--platform", "linux/amd64,linux/arm64", "--progress", "plain")
     assert result.code == 1, result.stderr
@@ -483,6 +484,7 @@ def test_probe_on_both_platforms_reports_every_check(probe: Cli) -> None:
     assert "[linux/amd64] test 'version': ldconfig --version" in result.stderr
 
 
+@pytest.mark.buildkit
 def test_passing_selection_exits_zero_and_proves_emulation(probe: Cli) -> None:
     result = probe("test", "probe", "-k", "^(?!must fail)", "-v", "--progress", "plain")
     assert result.code == 0, result.text + result.stderr
@@ -493,6 +495,7 @@ def test_passing_selection_exits_zero_and_proves_emulation(probe: Cli) -> None:
     assert "        | x86_64\n" in machine
 
 
+@pytest.mark.buildkit
 def test_hello_tests_pass_on_both_platforms(project: Cli) -> None:
     result = project("test", "hello", "-v", "--progress", "plain")
     assert result.code == 0, result.text + result.stderr
@@ -503,6 +506,7 @@ def test_hello_tests_pass_on_both_platforms(project: Cli) -> None:
     assert "| built on x86_64, running on x86_64" in result.text
 
 
+@pytest.mark.buildkit
 def test_one_platform_and_a_mistake_in_tests_py(probe: Cli) -> None:
     tests_py = probe.cwd / "images" / "probe" / "tests.py"
     tests_py.write_text(PROBE_TESTS.replace('excluded_contents="password"', 'excluded_contents="pass(word"'))
