@@ -63,7 +63,7 @@ bpf/ but ${VENDORED[*]}, from the root of a repository:
   -h   this help
   --   the rest goes to checkpatch.pl, after the default options (so it can override them):
        --no-tree --strict --no-summary --show-types --ignore <list>
-       e.g. checkpatch -- --fix-inplace, checkpatch -- --ignore CAMELCASE
+       e.g. checkpatch -a -- --fix-inplace, checkpatch -- --ignore CAMELCASE
 CHECKPATCH_PL=FILE runs another checkpatch.pl.
 EOF
 }
