@@ -11,7 +11,9 @@ even when the image is ``scratch`` with one static binary: the helper's ``dash``
 through the helper's own dynamic loader (``ld-linux-*.so --library-path ...``), which needs
 nothing from the image, and the command itself is executed normally. File tests use the helper's
 ``stat`` and ``head`` the same way, so paths (and symlinks) resolve inside the image.
-With ``image_mount`` a command test runs in the helper instead, with the image mounted read-only.
+With ``image_mount`` a command test runs in the helper instead, with the image mounted read-only;
+with ``on_base`` it runs on the helper and the image merged, the image on top. A metadata test
+has no step: the image config is known when the checks are compiled.
 
 Steps for linux/arm64 (any platform other than the daemon's) run under QEMU through binfmt_misc,
 as every arm64 step does. The image's own steps are the very states ``llbgen build`` makes, so
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from llbgen.client.imageconfig import image_config
 from llbgen.llb.errors import DefinitionError
 from llbgen.llb.fileop import mkdir, mkfile
 from llbgen.llb.merge import merge
@@ -35,8 +38,15 @@ from llbgen.llb.mounts import Mount, bind
 from llbgen.llb.platform import Platform
 from llbgen.llb.sources import scratch
 from llbgen.llb.state import State
-from llbgen.structure.evaluate import CONTENT_LIMIT
-from llbgen.structure.spec import HARNESS_DIR, Check, CommandTest, FileExistenceTest
+from llbgen.structure.evaluate import CONTENT_LIMIT, MetadataOutcome, Outcome
+from llbgen.structure.spec import (
+    HARNESS_DIR,
+    Check,
+    CommandTest,
+    FileContentTest,
+    FileExistenceTest,
+    MetadataTest,
+)
 
 HELPER_DIR = f"{HARNESS_DIR}/helper"
 OUT_DIR = f"{HARNESS_DIR}/out"
@@ -61,6 +71,8 @@ class CompiledCheck:
     check: Check
     #: The check's directory in the results (stable: derived from its name, so cache keys are).
     id: str
+    #: What a check without a step observed when it was compiled (a metadata test: the config).
+    observed: Outcome | None = None
 
 
 @attrs.frozen
@@ -95,7 +107,7 @@ def _helper_prefix(platform: Platform) -> list[str]:
     return [f"{libdir}/{loader}", "--inhibit-cache", "--library-path", libdir]
 
 
-def _script(check: Check, cid: str, platform: Platform, in_image: bool) -> str:
+def _script(check: CommandTest | FileExistenceTest | FileContentTest, cid: str, platform: Platform, in_image: bool) -> str:
     out = f"{OUT_DIR}/{RESULTS}/{cid}"
     if in_image:
         prefix = " ".join(shlex.quote(a) for a in _helper_prefix(platform))
@@ -118,6 +130,10 @@ def _script(check: Check, cid: str, platform: Platform, in_image: bool) -> str:
         if check.timeout is not None:
             command = f"h timeout -k 5 {check.timeout:g} {command}"
         lines.append(f'{command} >"$O/stdout" 2>"$O/stderr"')
+        if check.teardown:
+            lines.append('echo $? >"$O/code"')
+            lines += [f'{{ {shlex.join(step)}; }} >>"$O/teardown.log" 2>&1' for step in check.teardown]
+            return "\n".join([*lines, "exit 0"]) + "\n"
     elif isinstance(check, FileExistenceTest):
         follow = "-L " if check.follow_symlinks else ""
         lines.append(f"h stat {follow}-c '%f %u %g' -- {shlex.quote(check.path)} >\"$O/stat\" 2>\"$O/stderr\"")
@@ -130,7 +146,7 @@ def _script(check: Check, cid: str, platform: Platform, in_image: bool) -> str:
 
 
 def compile_check(
-    check: Check, image: State, *, helper: State, platform: Platform
+    check: CommandTest | FileExistenceTest | FileContentTest, image: State, *, helper: State, platform: Platform
 ) -> tuple[CompiledCheck, State]:
     """The run step of one check, and the state of its result directory."""
     cid = check_id(check.name)
@@ -156,6 +172,10 @@ def compile_check(
     if in_image:
         mounts.append(bind(HELPER_DIR, helper, readonly=True))
         root = image
+        if isinstance(check, CommandTest) and check.on_base:
+            # image-tools' test stage: a distribution with the image's files copied on top
+            base = merge([helper, image], name=f"[{platform}] the helper base under the image")
+            root = image.with_output(base.output)
         argv = [*_helper_prefix(platform), f"{HELPER_DIR}/usr/bin/dash", "-c", script, "sh"]
     else:
         assert isinstance(check, CommandTest) and check.image_mount is not None
@@ -176,11 +196,18 @@ def compile_checks(
     outputs = []
     seen: dict[str, str] = {}
     for check in checks:
-        item, out = compile_check(check, image, helper=helper, platform=platform)
+        if isinstance(check, MetadataTest):
+            config = image_config(image, platform)["config"]
+            item = CompiledCheck(check, check_id(check.name), MetadataOutcome(config))
+        else:
+            item, out = compile_check(check, image, helper=helper, platform=platform)
+            outputs.append(out)
         if item.id in seen:
             raise DefinitionError(f"two structure tests are named {check.name!r}: names must be unique")
         seen[item.id] = check.name
         compiled.append(item)
-        outputs.append(out)
-    results = merge(outputs, name=f"[{platform}] collect test results")
+    if outputs:
+        results = merge(outputs, name=f"[{platform}] collect test results")
+    else:
+        results = _results_dir()
     return CompiledSuite(platform, tuple(compiled), results)

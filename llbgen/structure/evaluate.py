@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import attrs
 
-from llbgen.structure.spec import Check, CommandTest, FileContentTest, FileExistenceTest
+from llbgen.structure.spec import (
+    EXECUTABLE_BY,
+    Check,
+    CommandTest,
+    Expected,
+    FileContentTest,
+    FileExistenceTest,
+    MetadataTest,
+)
 
 #: How much of a file a content test reads; one byte more is read to tell that it was cut.
 CONTENT_LIMIT = 8 * 1024 * 1024
@@ -51,17 +59,24 @@ class ContentOutcome:
 
 
 @attrs.frozen
+class MetadataOutcome:
+    """The image config (the ``config`` object of the OCI image config) the definition declares."""
+
+    config: Mapping[str, Any]
+
+
+@attrs.frozen
 class NoResult:
     """The check's step left no result (the harness itself failed)."""
 
     reason: str
 
 
-Outcome = Union[CommandOutcome, FileOutcome, ContentOutcome, NoResult]
+Outcome = Union[CommandOutcome, FileOutcome, ContentOutcome, MetadataOutcome, NoResult]
 
 
-def _search(pattern: str, text: str) -> re.Match[str] | None:
-    return re.search(pattern, text, re.MULTILINE)
+def _search(pattern: str, text: str, multiline: bool = True) -> re.Match[str] | None:
+    return re.search(pattern, text, re.MULTILINE if multiline else 0)
 
 
 def _line_of(match: re.Match[str]) -> str:
@@ -73,15 +88,15 @@ def _line_of(match: re.Match[str]) -> str:
 
 
 def check_text(
-    what: str, text: str, expected: Sequence[str], excluded: Sequence[str]
+    what: str, text: str, expected: Sequence[str], excluded: Sequence[str], multiline: bool = True
 ) -> list[str]:
     """Problems of ``text`` (``what``: "stdout", "contents"...) against the regular expressions."""
     problems = []
     for pattern in expected:
-        if _search(pattern, text) is None:
+        if _search(pattern, text, multiline) is None:
             problems.append(f"{what}: expected /{pattern}/ not found")
     for pattern in excluded:
-        match = _search(pattern, text)
+        match = _search(pattern, text, multiline)
         if match is not None:
             problems.append(f"{what}: excluded /{pattern}/ found in line {_line_of(match)!r}")
     return problems
@@ -89,6 +104,31 @@ def check_text(
 
 def format_mode(mode: int) -> str:
     return f"0{stat.S_IMODE(mode):o}".rjust(4, "0")
+
+
+def go_filemode(mode: int) -> str:
+    """``mode`` (a ``st_mode``) as Go's ``os.FileMode.String()`` prints the mode of a tar entry."""
+    letters = ""
+    if stat.S_ISDIR(mode):
+        letters += "d"
+    if stat.S_ISLNK(mode):
+        letters += "L"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        letters += "D"
+    if stat.S_ISFIFO(mode):
+        letters += "p"
+    if stat.S_ISSOCK(mode):
+        letters += "S"
+    if mode & stat.S_ISUID:
+        letters += "u"
+    if mode & stat.S_ISGID:
+        letters += "g"
+    if stat.S_ISCHR(mode):
+        letters += "c"
+    if mode & stat.S_ISVTX:
+        letters += "t"
+    rwx = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return (letters or "-") + rwx
 
 
 def evaluate(check: Check, outcome: Outcome) -> list[str]:
@@ -101,6 +141,8 @@ def evaluate(check: Check, outcome: Outcome) -> list[str]:
         return _evaluate_file(check, outcome)
     if isinstance(check, FileContentTest) and isinstance(outcome, ContentOutcome):
         return _evaluate_content(check, outcome)
+    if isinstance(check, MetadataTest) and isinstance(outcome, MetadataOutcome):
+        return evaluate_metadata(check, outcome.config)
     raise TypeError(f"cannot evaluate a {type(outcome).__name__} for a {type(check).__name__}")
 
 
@@ -112,8 +154,9 @@ def _evaluate_command(check: CommandTest, outcome: CommandOutcome) -> list[str]:
         problems.append(f"timed out after {check.timeout:g} s (exit code {TIMEOUT_EXIT})")
     elif check.exit_code is not None and outcome.exit_code != check.exit_code:
         problems.append(f"exit code is {outcome.exit_code}, expected {check.exit_code}")
-    problems += check_text("stdout", outcome.stdout, check.expected_output, check.excluded_output)
-    problems += check_text("stderr", outcome.stderr, check.expected_error, check.excluded_error)
+    multiline = check.multiline
+    problems += check_text("stdout", outcome.stdout, check.expected_output, check.excluded_output, multiline)
+    problems += check_text("stderr", outcome.stderr, check.expected_error, check.excluded_error, multiline)
     return problems
 
 
@@ -134,6 +177,12 @@ def _evaluate_file(check: FileExistenceTest, outcome: FileOutcome) -> list[str]:
             f"mode is {format_mode(outcome.mode)} ({stat.filemode(outcome.mode)}), "
             f"expected {format_mode(check.permissions)}"
         )
+    if check.go_permissions is not None and go_filemode(outcome.mode) != check.go_permissions:
+        problems.append(f"permissions are {go_filemode(outcome.mode)}, expected {check.go_permissions}")
+    if check.executable_by is not None and not outcome.mode & EXECUTABLE_BY[check.executable_by]:
+        problems.append(
+            f"not executable by {check.executable_by} ({go_filemode(outcome.mode)})"
+        )
     if check.uid is not None and outcome.uid != check.uid:
         problems.append(f"uid is {outcome.uid}, expected {check.uid}")
     if check.gid is not None and outcome.gid != check.gid:
@@ -145,7 +194,54 @@ def _evaluate_content(check: FileContentTest, outcome: ContentOutcome) -> list[s
     if not outcome.exists:
         return [f"cannot read {check.path}" + (f": {outcome.error}" if outcome.error else "")]
     what = "contents" + (f" (first {CONTENT_LIMIT // 1024 // 1024} MiB)" if outcome.truncated else "")
-    return check_text(what, outcome.content, check.expected_contents, check.excluded_contents)
+    return check_text(what, outcome.content, check.expected_contents, check.excluded_contents, check.multiline)
+
+
+def _env_map(entries: Sequence[str] | None) -> dict[str, str]:
+    """The config's ``Env`` list (``KEY=VALUE`` strings) as a mapping."""
+    env = {}
+    for entry in entries or ():
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return env
+
+
+def _check_expected(what: str, actual: Mapping[str, str], expected: Sequence[Expected]) -> list[str]:
+    problems = []
+    for item in expected:
+        if item.key not in actual:
+            problems.append(f"{what} {item.key} is not set")
+            continue
+        value = actual[item.key]
+        matches = _search(item.value, value, False) is not None if item.is_regex else value == item.value
+        if not matches:
+            how = f"/{item.value}/" if item.is_regex else repr(item.value)
+            problems.append(f"{what} {item.key} is {value!r}, expected {how}")
+    return problems
+
+
+def evaluate_metadata(check: MetadataTest, config: Mapping[str, Any]) -> list[str]:
+    """Problems of an image config (OCI ``config`` object) against a metadata test."""
+    env = _env_map(config.get("Env"))
+    labels = {str(k): str(v) for k, v in (config.get("Labels") or {}).items()}
+    ports = list(config.get("ExposedPorts") or {})
+    volumes = list(config.get("Volumes") or {})
+    problems = _check_expected("env", env, check.env)
+    problems += [f"env {key} is set, expected it not to be" for key in check.unbound_env if key in env]
+    problems += _check_expected("label", labels, check.labels)
+    for what, expected in (("entrypoint", check.entrypoint), ("cmd", check.cmd)):
+        actual = list(config.get(what.capitalize()) or [])
+        if expected is not None and actual != list(expected):
+            problems.append(f"{what} is {actual}, expected {list(expected)}")
+    for what, key, wanted in (("workdir", "WorkingDir", check.workdir), ("user", "User", check.user)):
+        value = str(config.get(key) or "")
+        if wanted and value != wanted:
+            problems.append(f"{what} is {value!r}, expected {wanted!r}")
+    problems += [f"port {p} is not exposed" for p in check.exposed_ports if p not in ports]
+    problems += [f"port {p} is exposed, expected it not to be" for p in check.unexposed_ports if p in ports]
+    problems += [f"volume {v} is not declared" for v in check.volumes if v not in volumes]
+    problems += [f"volume {v} is declared, expected it not to be" for v in check.unmounted_volumes if v in volumes]
+    return problems
 
 
 # -- reading a check's result directory ----------------------------------------------------------
@@ -167,6 +263,8 @@ def _code(path: Path) -> int | None:
 
 def read_outcome(check: Check, directory: Path) -> Outcome:
     """The outcome recorded in ``directory`` by the step that ``compile`` made for ``check``."""
+    if isinstance(check, MetadataTest):
+        return NoResult("a metadata test has no step: it is judged from the image config")
     code = _code(directory / "code")
     if isinstance(check, CommandTest):
         failed = _text(directory / "setup-failed").split()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from llbgen.structure.evaluate import CommandOutcome, ContentOutcome, FileOutcome
 from llbgen.structure.runner import CheckResult
-from llbgen.structure.spec import CommandTest
+from llbgen.structure.spec import CommandTest, MetadataTest
 
 #: Lines of output shown per stream of a failed check (the last ones: errors come last).
 SHOWN_LINES = 40
@@ -28,11 +28,14 @@ def _details(result: CheckResult) -> list[str]:
     lines: list[str] = []
     check, outcome = result.check, result.outcome
     if isinstance(check, CommandTest):
-        where = "in the image" if check.image_mount is None else f"in the helper, image at {check.image_mount}"
+        if check.image_mount is not None:
+            where = f"in the helper, image at {check.image_mount}"
+        else:
+            where = "on the Debian base under the image" if check.on_base else "in the image"
         lines.append(f"{pad}command ({where}): {shlex.join(check.command)}")
         for step in check.setup:
             lines.append(f"{pad}setup: {shlex.join(step)}")
-    else:
+    elif not isinstance(check, MetadataTest):
         lines.append(f"{pad}path: {check.path}")
     lines += [f"{pad}- {problem}" for problem in result.problems]
     if isinstance(outcome, CommandOutcome):

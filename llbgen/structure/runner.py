@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 
+from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import Output
 from llbgen.client.run import BuildOptions, build
 from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
@@ -23,6 +24,7 @@ from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
 from llbgen.project import BuildContext, ImageDefinition, Project, load_module, user_error
 from llbgen.structure.compiler import RESULTS, CompiledSuite, compile_checks
+from llbgen.structure.cst import has_spec_files, load_spec, spec_files
 from llbgen.structure.evaluate import Outcome, evaluate, read_outcome
 from llbgen.structure.spec import CHECK_TYPES, Check
 
@@ -33,11 +35,16 @@ HELPER_BASE = "debian:trixie"
 
 @attrs.frozen
 class TestSuite:
-    """The structure tests an image declares in ``images/<name>/tests.py``."""
+    """The structure tests an image declares: ``images/<name>/tests.py`` and spec files.
+
+    Spec files are container-structure-test's (``test/spec.yaml``, ``test/<arch>/spec.yaml``).
+    """
 
     image: str
     path: Path
     checks: Callable[[BuildContext], Sequence[Check]]
+    #: The image's directory, where ``test/`` holds its spec files.
+    directory: Path | None = None
 
 
 @attrs.frozen
@@ -63,22 +70,28 @@ class TestOptions:
 
 
 def load_suite(project: Project, image: str) -> TestSuite:
-    """The tests of ``image``: ``tests(ctx)`` (a list per target platform) or a ``TESTS`` list."""
+    """The tests of ``image``: ``tests(ctx)`` (a list per target platform) or a ``TESTS`` list,
+    and the image's spec files."""
     definition = project.definition(image)
-    path = definition.path.parent / TESTS_FILE
+    directory = definition.path.parent
+    path = directory / TESTS_FILE
+    specs = has_spec_files(directory)
     if not path.is_file():
+        if specs:
+            return TestSuite(image, path, lambda ctx: (), directory)
         raise UsageError(
             f"image {image!r} has no structure tests: write {path} with a tests(ctx) function "
-            "returning llbgen.structure checks (see 'llbgen test --help')"
+            "returning llbgen.structure checks, or test/spec.yaml (see 'llbgen test --help')"
         )
     module = load_module(f"llbgen_tests.{image}", path)
     declared = getattr(module, "tests", None)
+    with_specs = directory if specs else None
     if callable(declared):
-        return TestSuite(image, path, declared)
+        return TestSuite(image, path, declared, with_specs)
     listed = getattr(module, "TESTS", None)
     if isinstance(listed, (list, tuple)):
         checks = tuple(listed)
-        return TestSuite(image, path, lambda ctx: checks)
+        return TestSuite(image, path, lambda ctx: checks, with_specs)
     raise DefinitionError(
         f"{TESTS_FILE} of image {image!r} defines neither tests(ctx) nor a TESTS list", Location(str(path), 1)
     )
@@ -98,20 +111,28 @@ def checks_for(suite: TestSuite, ctx: BuildContext, select: str | None = None) -
             f"tests(ctx) of image {suite.image!r} must return a list of checks, not {type(declared).__name__}",
             where,
         )
+    located = [(check, where) for check in declared]
+    if suite.directory is not None:
+        # The image's environment, which spec files expand $VARIABLES from.
+        config = image_config(ctx.project.state(suite.image, ctx), ctx.target_platform)["config"]
+        env = dict(entry.split("=", 1) for entry in config["Env"])
+        for spec in spec_files(suite.directory, ctx.target_platform.architecture):
+            name = f"metadata ({spec.relative_to(suite.directory)})"
+            located += [(check, Location(str(spec), 1)) for check in load_spec(spec, env, metadata_name=name)]
     names: set[str] = set()
-    for check in declared:
+    for check, source in located:
         if not isinstance(check, CHECK_TYPES):
             raise DefinitionError(
-                f"tests of image {suite.image!r}: {check!r} is not a CommandTest, FileExistenceTest "
-                "or FileContentTest",
-                where,
+                f"tests of image {suite.image!r}: {check!r} is not a CommandTest, FileExistenceTest, "
+                "FileContentTest or MetadataTest",
+                source,
             )
         if check.name in names:
             raise DefinitionError(
-                f"tests of image {suite.image!r}: two checks are named {check.name!r}", where
+                f"tests of image {suite.image!r}: two checks are named {check.name!r}", source
             )
         names.add(check.name)
-    checks = list(declared)
+    checks = [check for check, _ in located]
     if select is not None:
         checks = [c for c in checks if re.search(select, c.name)]
     return checks
@@ -183,7 +204,7 @@ def collect(compiled: Mapping[Platform, CompiledSuite], exported: Path) -> list[
     for platform, suite in compiled.items():
         root = (exported if len(compiled) == 1 else exported / platform.id) / RESULTS
         for item in suite.checks:
-            outcome = read_outcome(item.check, root / item.id)
+            outcome = item.observed or read_outcome(item.check, root / item.id)
             problems = tuple(evaluate(item.check, outcome))
             results.setdefault(item.check.name, []).append(
                 CheckResult(item.check, platform, outcome, problems)

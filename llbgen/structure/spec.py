@@ -108,6 +108,23 @@ def _permissions(value: str | int | None) -> str | int | None:
     raise invalid(f"permissions {value!r} must be like '-rwxr-xr-x' or an octal mode such as '0755'")
 
 
+#: Go's ``os.FileMode.String()``: type letters (none: ``-``), then ``rwxrwxrwx``.
+_GO_MODE = re.compile(r"(-|[dalTLDpSugct?]+)[-r][-w][-x][-r][-w][-x][-r][-w][-x]")
+EXECUTABLE_BY = {"owner": 0o100, "group": 0o010, "other": 0o001, "any": 0o111}
+
+
+def _go_permissions(value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not _GO_MODE.fullmatch(value)):
+        raise invalid(f"permissions {value!r} must be written as Go prints a mode, e.g. '-rwxr-xr-x'")
+    return value
+
+
+def _executable_by(value: str | None) -> str | None:
+    if value is not None and value not in EXECUTABLE_BY:
+        raise invalid(f"executable_by {value!r} is not one of {', '.join(EXECUTABLE_BY)}")
+    return value
+
+
 def _optional_id(value: int | None) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise invalid(f"uid and gid must be non-negative integers, not {value!r}")
@@ -143,7 +160,13 @@ class CommandTest:
     Regular expressions are Python's, searched anywhere in the text, with ``^`` and ``$``
     matching at every line (``re.MULTILINE``). ``exit_code=None`` accepts any exit code.
     ``setup`` commands run first, in the same container, and must exit 0; ``files`` are written
-    before them (parent directories are created).
+    before them (parent directories are created). ``teardown`` commands run after the command;
+    their exit codes are ignored, as container-structure-test ignores them.
+
+    ``multiline=False`` gives Go's regular-expression semantics (container-structure-test's):
+    ``^`` and ``$`` match only at the ends of the text. ``on_base=True`` runs the command with the
+    pinned Debian base underneath the image's files, the way image-tools' tester runs a spec in a
+    test stage that copies the image onto a distribution (so ``which`` and ``ldd`` exist there).
     """
 
     name: str = attrs.field(converter=_name)
@@ -155,14 +178,19 @@ class CommandTest:
     exit_code: int | None = attrs.field(default=0, kw_only=True)
     env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_env, kw_only=True)
     setup: tuple[tuple[str, ...], ...] = attrs.field(default=(), converter=_setup, kw_only=True)
+    teardown: tuple[tuple[str, ...], ...] = attrs.field(default=(), converter=_setup, kw_only=True)
     files: tuple[tuple[str, bytes], ...] = attrs.field(default=(), converter=_files, kw_only=True)
     user: str | None = attrs.field(default=None, kw_only=True)
     dir: str | None = attrs.field(default=None, kw_only=True)
     timeout: float | None = attrs.field(default=None, converter=_timeout, kw_only=True)
     image_mount: str | None = attrs.field(default=None, converter=_image_mount, kw_only=True)
     helper: State | None = attrs.field(default=None, kw_only=True, eq=False)
+    multiline: bool = attrs.field(default=True, kw_only=True)
+    on_base: bool = attrs.field(default=False, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        if self.on_base and self.image_mount is not None:
+            raise invalid("on_base= and image_mount= are two ways to run outside the image: give one")
         if self.exit_code is not None and (
             isinstance(self.exit_code, bool) or not isinstance(self.exit_code, int)
             or not 0 <= self.exit_code <= 255
@@ -186,6 +214,11 @@ class FileExistenceTest:
     type: ``-`` file, ``d`` directory, ``l`` symlink) or an octal mode (``0o755`` or ``"0755"``,
     compared with the permission bits only). The path is looked up in the image as its root, and
     a final symlink is not followed unless ``follow_symlinks``.
+
+    ``go_permissions`` is the mode as Go's ``os.FileMode`` prints it, container-structure-test's
+    format: the same as ``ls -l`` for plain files and directories, but ``Lrwxrwxrwx`` for a
+    symlink, ``urwxr-xr-x`` for a setuid file, ``dtrwxrwxrwx`` for a sticky directory.
+    ``executable_by`` is ``owner``, ``group``, ``other`` or ``any`` (its execute bit is set).
     """
 
     name: str = attrs.field(converter=_name)
@@ -195,10 +228,15 @@ class FileExistenceTest:
     uid: int | None = attrs.field(default=None, converter=_optional_id, kw_only=True)
     gid: int | None = attrs.field(default=None, converter=_optional_id, kw_only=True)
     follow_symlinks: bool = attrs.field(default=False, kw_only=True)
+    go_permissions: str | None = attrs.field(default=None, converter=_go_permissions, kw_only=True)
+    executable_by: str | None = attrs.field(default=None, converter=_executable_by, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        if not self.should_exist and (self.permissions, self.uid, self.gid) != (None, None, None):
-            raise invalid(f"{self.path}: permissions, uid and gid need should_exist=True")
+        expectations = (self.permissions, self.go_permissions, self.executable_by, self.uid, self.gid)
+        if not self.should_exist and expectations != (None,) * 5:
+            raise invalid(
+                f"{self.path}: permissions, executable_by, uid and gid need should_exist=True"
+            )
 
     @property
     def kind(self) -> str:
@@ -213,11 +251,70 @@ class FileContentTest:
     path: str = attrs.field(converter=_path)
     expected_contents: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
     excluded_contents: tuple[str, ...] = attrs.field(default=(), converter=_regexes, kw_only=True)
+    multiline: bool = attrs.field(default=True, kw_only=True)
 
     @property
     def kind(self) -> str:
         return "content"
 
 
-Check = Union[CommandTest, FileExistenceTest, FileContentTest]
-CHECK_TYPES = (CommandTest, FileExistenceTest, FileContentTest)
+@attrs.frozen
+class Expected:
+    """A key that must be in the image config (env or labels), with its value or a pattern."""
+
+    key: str
+    value: str
+    is_regex: bool = False
+
+
+def _expected(values: Iterable[Expected | tuple[str, str]]) -> tuple[Expected, ...]:
+    items = tuple(v if isinstance(v, Expected) else Expected(*v) for v in values)
+    for item in items:
+        if not item.key:
+            raise invalid("a metadata key must not be empty")
+        if item.is_regex:
+            _regexes(item.value)
+    return items
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    items = tuple(values)
+    if isinstance(values, str) or not all(isinstance(v, str) and v for v in items):
+        raise invalid(f"expected a list of non-empty strings, not {values!r}")
+    return items
+
+
+def _optional_argv(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(v) for v in value)
+
+
+@attrs.frozen
+class MetadataTest:
+    """Checks the image config the definition declares (no step runs: it is known before the build).
+
+    ``env`` and ``labels`` take ``Expected(key, value, is_regex=False)`` values or ``(key, value)``
+    pairs; a regex is searched in the value with Go's semantics. ``entrypoint`` and ``cmd`` are
+    compared whole (``[]`` expects none), ``workdir`` and ``user`` when given. Ports and volumes
+    are compared with what the config lists (llbgen's definitions declare none today).
+    """
+
+    name: str = attrs.field(converter=_name)
+    env: tuple[Expected, ...] = attrs.field(default=(), converter=_expected, kw_only=True)
+    unbound_env: tuple[str, ...] = attrs.field(default=(), converter=_strings, kw_only=True)
+    labels: tuple[Expected, ...] = attrs.field(default=(), converter=_expected, kw_only=True)
+    entrypoint: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_argv, kw_only=True)
+    cmd: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_argv, kw_only=True)
+    workdir: str | None = attrs.field(default=None, kw_only=True)
+    user: str | None = attrs.field(default=None, kw_only=True)
+    exposed_ports: tuple[str, ...] = attrs.field(default=(), converter=_strings, kw_only=True)
+    unexposed_ports: tuple[str, ...] = attrs.field(default=(), converter=_strings, kw_only=True)
+    volumes: tuple[str, ...] = attrs.field(default=(), converter=_strings, kw_only=True)
+    unmounted_volumes: tuple[str, ...] = attrs.field(default=(), converter=_strings, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return "metadata"
+
+
+Check = Union[CommandTest, FileExistenceTest, FileContentTest, MetadataTest]
+CHECK_TYPES = (CommandTest, FileExistenceTest, FileContentTest, MetadataTest)
