@@ -23,6 +23,7 @@ from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
+from llbgen.release import cli as release_cli
 from llbgen.structure import cli as structure_cli
 
 T = TypeVar("T")
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     _connection_flags(build)
 
     structure_cli.add_parser(commands)
+    release_cli.add_parser(commands)
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
@@ -251,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(project, ns)
         if ns.command == "test":
             return structure_cli.run(project, ns)
+        if ns.command in release_cli.COMMANDS:
+            return release_cli.run(project, ns)
         if ns.command == "daemon":
             return _daemon(ns.action)
         if ns.command == "resident":
