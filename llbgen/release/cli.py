@@ -13,7 +13,7 @@ from llbgen.llb.errors import LLBGenError
 from llbgen.project import Project
 from llbgen.release.tags import SCHEMES
 
-COMMANDS = ("tag", "pin", "plan", "publish")
+COMMANDS = ("tag", "pin", "plan", "publish", "lint")
 
 REGISTRY_HELP = "registry and path prefix to publish to, e.g. 127.0.0.1:5000/llbgen (repeatable)"
 
@@ -43,9 +43,17 @@ def add_parser(commands: Any) -> None:
             parser.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default="auto")
             _connection_flags(parser)
 
+    lint = commands.add_parser("lint", help="check pins, network use and embedded shell scripts (shellcheck)")
+    lint.add_argument("names", nargs="*", metavar="IMAGE", help="images (default: all)")
+    lint.add_argument("--scripts", default="scripts", help="directory of shell scripts to check too (default: scripts; '' for none)")
+
 
 
 def run(project: Project, ns: argparse.Namespace) -> int:
+    if ns.command == "lint":
+        from llbgen.release.lint import run_lint
+
+        return run_lint(project, ns.names, ns.scripts)
     if ns.command == "tag":
         return _tag(project, ns)
     if ns.command == "pin":

@@ -53,9 +53,13 @@ class ImageInputs:
     paths: tuple[Path, ...]
     #: Other images of the project built into this one's graph (``ctx.image``).
     images: tuple[str, ...]
-    #: The image definition's module (for ``VERSION``).
-    module: types.ModuleType | None
+    #: The definition modules of the image and of its in-graph images (``VERSION``, ``SYSTEM_PACKAGES``).
+    modules: Mapping[str, types.ModuleType]
     states: Mapping[Platform, State]
+
+    @property
+    def module(self) -> types.ModuleType | None:
+        return self.modules.get(self.name)
 
 
 def platforms_of(definition: ImageDefinition) -> tuple[Platform, ...]:
@@ -100,7 +104,7 @@ def image_inputs(project: Project, name: str, args: Mapping[str, str] | None = N
             ctx: BuildContext = recording.context(platform, args or {}, Platform.host())
             states[platform] = recording.state(name, ctx)
         files = {Path(str(m.__file__)).resolve() for m in snapshot.loaded()}
-        module = sys.modules.get(f"llbgen_images.{name}")
+        modules = {n: sys.modules[f"llbgen_images.{n}"] for n in recording.loaded if f"llbgen_images.{n}" in sys.modules}
     paths: set[Path] = set()
     for image in recording.loaded:
         paths.add((root / image).resolve())
@@ -109,4 +113,4 @@ def image_inputs(project: Project, name: str, args: Mapping[str, str] | None = N
         # a module in a directory of the project stands for that directory (its data files too)
         paths.add(root / relative.parts[0] if len(relative.parts) > 1 else file)
     others = tuple(i for i in recording.loaded if i != name)
-    return ImageInputs(name, tuple(sorted(paths)), others, module, states)
+    return ImageInputs(name, tuple(sorted(paths)), others, modules, states)
