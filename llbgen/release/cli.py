@@ -13,7 +13,7 @@ from llbgen.llb.errors import LLBGenError
 from llbgen.project import Project
 from llbgen.release.tags import SCHEMES
 
-COMMANDS = ("tag", "pin", "plan", "publish", "lint")
+COMMANDS = ("tag", "pin", "plan", "publish", "lint", "sources")
 
 REGISTRY_HELP = "registry and path prefix to publish to, e.g. 127.0.0.1:5000/llbgen (repeatable)"
 
@@ -47,6 +47,13 @@ def add_parser(commands: Any) -> None:
     lint.add_argument("names", nargs="*", metavar="IMAGE", help="images (default: all)")
     lint.add_argument("--scripts", default="scripts", help="directory of shell scripts to check too (default: scripts; '' for none)")
 
+    sources = commands.add_parser("sources", help="keep the pinned Debian source tarballs in a registry")
+    sources.add_argument("action", choices=("push",))
+    sources.add_argument("names", nargs="*", metavar="IMAGE", help="images (default: all)")
+    sources.add_argument("--registry", action="append", default=[], metavar="R", help="registry and path prefix: the tarballs go to R/sources (repeatable)")
+    sources.add_argument("--progress", choices=("auto", "tty", "plain", "rawjson"), default="auto")
+    _connection_flags(sources)
+
 
 
 def run(project: Project, ns: argparse.Namespace) -> int:
@@ -54,6 +61,10 @@ def run(project: Project, ns: argparse.Namespace) -> int:
         from llbgen.release.lint import run_lint
 
         return run_lint(project, ns.names, ns.scripts)
+    if ns.command == "sources":
+        from llbgen.release.sources import push_sources
+
+        return push_sources(project, ns)
     if ns.command == "tag":
         return _tag(project, ns)
     if ns.command == "pin":

@@ -111,7 +111,6 @@ class Registry:
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         url: str | None = None,
-        params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One request; on a 401 answers the challenge (basic or bearer) and tries once more."""
         scope = f"repository:{repo.path}:{'pull,push' if push else 'pull'}"
@@ -124,7 +123,7 @@ class Registry:
             elif repo.host in self._basic:
                 sent["Authorization"] = _basic(self._credentials(repo.host))
             try:
-                response = self._client.request(method, target, headers=sent, content=content, params=params)
+                response = self._client.request(method, target, headers=sent, content=content)
             except httpx.HTTPError as exc:
                 raise RegistryError(f"registry {repo.host}: {method} {target}: {exc}") from None
             if response.status_code != 401 or attempt:
@@ -203,9 +202,10 @@ class Registry:
         location = started.headers.get("Location", "")
         if not location:
             raise RegistryError(f"registry {repo.host}: the upload of a blob to {repo.path} got no Location")
-        url = str(httpx.URL(self._url(repo, "blobs/uploads/")).join(location))
+        # the upload's URL keeps its own query (the registry's state), plus the digest
+        url = str(httpx.URL(self._url(repo, "blobs/uploads/")).join(location).copy_merge_params({"digest": digest}))
         done = self.request(
-            "PUT", repo, "", push=True, url=url, params={"digest": digest}, content=data,
+            "PUT", repo, "", push=True, url=url, content=data,
             headers={"Content-Type": "application/octet-stream"},
         )  # fmt: skip
         _check(done, repo, f"blob {digest}", expect=(201,))
