@@ -65,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
         default="pb",
         help="pb: for 'buildctl build'; json: like 'buildctl debug dump-llb'; dot: Graphviz",
     )
+    llb.add_argument("--bundle", type=Path, metavar="DIR", help="write every --platform's definition and image config to DIR, for llbgen's frontend image")
 
     build = commands.add_parser("build", help="build an image on BuildKit")
     build.add_argument("image", help="image name (a directory under --images)")
@@ -149,6 +150,13 @@ def _ls(project: Project) -> int:
 def _llb(project: Project, ns: argparse.Namespace) -> int:
     args = parse_build_args(ns.arg)
     definition = project.definition(ns.image)
+    if ns.bundle is not None:
+        from llbgen.release.bundle import write_bundle
+
+        platforms = parse_platforms(ns.platform) if ns.platform else list(definition.platforms) or [Platform.host()]
+        for path in write_bundle(project, ns.image, platforms, args, ns.bundle, Platform.host()):
+            print(path)
+        return 0
     if ns.platform is not None:
         platforms = parse_platforms(ns.platform)
         if len(platforms) != 1:
@@ -163,6 +171,11 @@ def _llb(project: Project, ns: argparse.Namespace) -> int:
     if not result.ops:
         raise LLBGenError(f"image {ns.image!r} is empty (scratch): there is nothing to build")
     if ns.format == "pb":
+        print(
+            "llbgen: this definition carries no image config (entrypoint, env, platform of the index): "
+            "for an image, use llbgen build, or --bundle DIR with llbgen's frontend image",
+            file=sys.stderr,
+        )
         sys.stdout.buffer.write(result.serialize())
     elif ns.format == "json":
         for line in dump.json_lines(result):
