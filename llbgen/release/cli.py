@@ -37,6 +37,8 @@ def add_parser(commands: Any) -> None:
         parser.add_argument("names", nargs="*", metavar="IMAGE", help="images (default: all)")
         parser.add_argument("--registry", action="append", default=[], metavar="R", help=REGISTRY_HELP)
         parser.add_argument("--scheme", choices=SCHEMES, default="commit")
+        if name == "plan":
+            parser.add_argument("--format", choices=("text", "json"), default="text", help="json: for a CI matrix")
         if name == "publish":
             parser.add_argument("--force", action="store_true", help="build and push even what is there")
             parser.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
@@ -96,7 +98,7 @@ def _pin(ref: str) -> int:
 
 def _plan_or_publish(project: Project, ns: argparse.Namespace) -> int:
     from llbgen.client.connection import TLSConfig
-    from llbgen.release.plan import format_plan, make_plan
+    from llbgen.release.plan import format_plan, make_plan, plan_json
     from llbgen.release.publish import Settings, publish
     from llbgen.release.registry import Registry
 
@@ -104,7 +106,7 @@ def _plan_or_publish(project: Project, ns: argparse.Namespace) -> int:
     with Registry() as registry:
         plans = make_plan(project, ns.names, ns.registry, registry, scheme=ns.scheme, force=force)
     if ns.command == "plan":
-        sys.stdout.write(format_plan(plans))
+        sys.stdout.write(format_plan(plans) if ns.format == "text" else plan_json(plans))
         return 0
     settings = Settings(
         progress=ns.progress,

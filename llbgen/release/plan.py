@@ -7,6 +7,7 @@ selection into their graph come after it, so a failure is reported at the image 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,3 +107,14 @@ def format_plan(plans: Sequence[ImagePlan]) -> str:
         for registry, has in plan.present.items():
             lines.append(f"  {plan.ref(registry)}: {'present' if has else 'missing'}")
     return "\n".join(lines) + "\n"
+
+
+def plan_json(plans: Sequence[ImagePlan]) -> str:
+    """The plan as a JSON list, for CI: ``[.[] | select(.build) | .image]`` is the images to build."""
+    return json.dumps(
+        [
+            {"image": p.name, "tag": p.tag, "build": p.build, "reason": p.reason, "registries": p.present}
+            for p in plans
+        ],
+        indent=1,
+    ) + "\n"
