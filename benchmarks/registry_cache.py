@@ -58,7 +58,8 @@ def build(address: str, *extra: str) -> tuple[float, str, str]:
 
 
 def executed_steps(progress: str) -> list[str]:
-    """Names of the definition's steps that ran (finished without being cached)."""
+    """Names of the definition's steps that ran: finished, neither cached on the daemon nor loaded
+    from the imported cache (a vertex loaded from a registry cache shows its layer pulls)."""
     names, cached, done = {}, set(), set()
     for line in progress.splitlines():
         match = re.match(r"#(\d+) (.*)$", line)
@@ -66,7 +67,7 @@ def executed_steps(progress: str) -> list[str]:
             continue
         vertex, text = match.groups()
         names.setdefault(vertex, text)
-        if text == "CACHED":
+        if text == "CACHED" or re.match(r"(extracting )?sha256:[0-9a-f]{64}", text):
             cached.add(vertex)
         elif text.startswith("DONE"):
             done.add(vertex)
