@@ -18,6 +18,7 @@ from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
+from llbgen.release import cli as release_cli
 
 TEST_DESCRIPTION = """\
 Runs the structure tests of an image on every target platform (arm64 under QEMU) in one build,
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
         default="pb",
         help="pb: for 'buildctl build'; json: like 'buildctl debug dump-llb'; dot: Graphviz",
     )
+    llb.add_argument("--bundle", type=Path, metavar="DIR", help="write every --platform's definition and image config to DIR, for llbgen's frontend image")
 
     build = commands.add_parser("build", help="build an image on BuildKit")
     flags.add_build_flags(build, "target platforms, comma-separated (default: the daemon's, if the image has it)")
@@ -99,6 +101,8 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("-k", "--select", metavar="REGEX", help="only the checks whose name matches REGEX (re.search)")
     test.add_argument("-v", "--verbose", action="store_true", help="show the details of passing checks too")
 
+    release_cli.add_parser(commands)
+
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
     return parser
@@ -122,6 +126,13 @@ def _ls(project: Project) -> int:
 def _llb(project: Project, ns: argparse.Namespace) -> int:
     args = flags.parse_build_args(ns.arg)
     definition = project.definition(ns.image)
+    if ns.bundle is not None:
+        from llbgen.release.bundle import write_bundle
+
+        platforms = flags.parse_platforms(ns.platform) if ns.platform else list(definition.platforms) or [Platform.host()]
+        for path in write_bundle(project, ns.image, platforms, args, ns.bundle, Platform.host()):
+            print(path)
+        return 0
     if ns.platform is not None:
         platforms = flags.parse_platforms(ns.platform)
         if len(platforms) != 1:
@@ -138,6 +149,11 @@ def _llb(project: Project, ns: argparse.Namespace) -> int:
     from llbgen.llb import dump
 
     if ns.format == "pb":
+        print(
+            "llbgen: this definition carries no image config (entrypoint, env, platform of the index): "
+            "for an image, use llbgen build, or --bundle DIR with llbgen's frontend image",
+            file=sys.stderr,
+        )
         sys.stdout.buffer.write(result.serialize())
     elif ns.format == "json":
         for line in dump.json_lines(result):
@@ -200,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llbgen.structure import cli as structure_cli
 
             return structure_cli.run(project, ns, config)
+        if ns.command in release_cli.COMMANDS:
+            return release_cli.run(project, ns, config)
         return _llb(project, ns)
     except LLBGenError as exc:
         print(f"llbgen: error: {exc}", file=sys.stderr)

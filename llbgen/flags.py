@@ -17,6 +17,7 @@ from llbgen.llb.errors import UsageError
 from llbgen.llb.platform import Platform
 
 if TYPE_CHECKING:
+    from llbgen.client.connection import TLSConfig
     from llbgen.client.run import BuildOptions
     from llbgen.config import Config
 
@@ -50,6 +51,11 @@ def add_build_flags(parser: argparse.ArgumentParser, platform_help: str) -> None
         "--local", action="append", default=[], metavar="NAME=DIR", help="directory for a local source (context defaults to .)"
     )
     parser.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT", help="e.g. network.host, security.insecure")
+    add_connection_flags(parser)
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """Where to build: ``--addr`` and the TLS files of a ``tcp://`` address."""
     parser.add_argument("--addr", help="BuildKit address (default: $BUILDKIT_HOST, else llbgen's own daemon)")
     parser.add_argument("--tlscacert", type=Path, help="CA certificate for tcp:// addresses")
     parser.add_argument("--tlscert", type=Path, help="client certificate")
@@ -57,9 +63,15 @@ def add_build_flags(parser: argparse.ArgumentParser, platform_help: str) -> None
     parser.add_argument("--tlsservername", help="server name to verify the certificate against")
 
 
+def tls_config(ns: argparse.Namespace) -> TLSConfig:
+    """The TLS files :func:`add_connection_flags` parsed into ``ns``."""
+    from llbgen.client.connection import TLSConfig
+
+    return TLSConfig(ns.tlscacert, ns.tlscert, ns.tlskey, ns.tlsservername)
+
+
 def build_options(ns: argparse.Namespace, config: Config, **more: Any) -> BuildOptions:
     """The options :func:`add_build_flags` parsed into ``ns``, with ``more`` (outputs...)."""
-    from llbgen.client.connection import TLSConfig
     from llbgen.client.run import BuildOptions
 
     secrets, ssh = {}, {}
@@ -82,7 +94,7 @@ def build_options(ns: argparse.Namespace, config: Config, **more: Any) -> BuildO
         locals={k: Path(v) for k, v in parse_pairs(ns.local, "--local").items()},
         allow=ns.allow,
         address=ns.addr,
-        tls=TLSConfig(ns.tlscacert, ns.tlscert, ns.tlskey, ns.tlsservername),
+        tls=tls_config(ns),
         daemon=config.daemon,
         **more,
     )

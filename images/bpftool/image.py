@@ -83,6 +83,7 @@ version=$(( $(libbpf MAJOR) + 6 )).$(libbpf MINOR).0+$kernel
 echo "llbgen: bpftool v$version for $arch with $($cc --version | head -n 1)"
 # LIBS: 6.12's Makefile links "-lelf -lz"; a static libelf with zstd support also needs -lzstd.
 mkdir -p /build
+# shellcheck disable=SC2016 # $(LIBBPF) is make's variable
 make -s -j2 -C /src/tools/bpf/bpftool OUTPUT=/build/ ${cross:+ARCH=$arch CROSS_COMPILE=$cross} \
     BPFTOOL_VERSION="$version" EXTRA_CFLAGS="-I/opt/libelf/include" \
     EXTRA_LDFLAGS="-static -L/opt/libelf/lib" 'LIBS=$(LIBBPF) -lelf -lz -lzstd'
@@ -93,7 +94,7 @@ if [ -n "$cross" ]; then libc=libc6-dev-$arch-cross; else libc=libc6-dev:$arch; 
 {
     cat /src/.provenance /opt/libelf/.provenance
     dpkg-query -W -f '${Package}:${Architecture} ${Version}\n' "$libc" "zlib1g-dev:$arch" "libzstd-dev:$arch"
-    echo "$($cc --version | head -n 1)"
+    $cc --version | head -n 1
 } | sed 's/:all / /' >/tmp/provenance
 "${cross}objcopy" --add-section .llbgen.provenance=/tmp/provenance \
     --set-section-flags .llbgen.provenance=readonly /out/bpftool

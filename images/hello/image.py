@@ -24,7 +24,7 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
             name="add greeting and script",
         )
         # Runs on the target platform: under QEMU when building linux/arm64 on amd64.
-        .run("sh -c 'uname -m > /usr/share/hello/arch'", name="record the build architecture")
+        .run("sh -c 'uname -m > /usr/share/hello/arch'", network="none", name="record the build architecture")
         .root.with_env("LANG", "C.UTF-8")
         .with_entrypoint("/usr/local/bin/hello")
         .with_label("org.opencontainers.image.title", "hello")

@@ -96,6 +96,7 @@ CCACHE_ENV = {"CCACHE_DIR": CCACHE_DIR, "CCACHE_MAXSIZE": "8G"}
 
 # Configures a native build tree on the build platform and builds only its tablegens.
 NATIVE = r"""
+# shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
 jobs=$1
 shift
@@ -116,6 +117,7 @@ cp /src/.provenance /out/.provenance
 # Configures a target's build tree in /build (the path the compile step uses too: a cmake tree is
 # not relocatable) and copies it to /out; records which tablegens its build would run.
 CONFIGURE = r"""
+# shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
 cmake -S /src/llvm -B /build "$@" >/tmp/cmake.log 2>&1 || { tail -n 80 /tmp/cmake.log >&2; exit 1; }
 tail -n 5 /tmp/cmake.log
@@ -133,6 +135,7 @@ cp -a /build/. /out/
 
 # Compiles a configured tree (copied to a tmpfs: only the stripped binaries are kept).
 COMPILE = r"""
+# shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
 jobs=$1 cross=$2
 cp -a /configured/. /build/
@@ -181,16 +184,8 @@ def pin(ctx: llbgen.BuildContext) -> tuple[str, str]:
 
 
 def builder(ctx: llbgen.BuildContext) -> llbgen.State:
-    """The build platform's compilers image, with ccache."""
-    debian = ctx.helper("sources/debian")
-    platform = ctx.build_platform
-    return debian.compilers(ctx, platform).run(
-        ["sh", "-c", "set -eu; apt-get update -q; apt-get install -y -q --no-install-recommends ccache"],
-        mounts=debian.apt_mounts(platform),
-        env={"DEBIAN_FRONTEND": "noninteractive"},
-        network="host",
-        name="install ccache",
-    ).root
+    """The build platform's compilers image with ccache: the compilers-ccache image, in this graph."""
+    return ctx.image("compilers-ccache", platform=ctx.build_platform)
 
 
 def source(ctx: llbgen.BuildContext) -> llbgen.State:

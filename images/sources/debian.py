@@ -155,7 +155,7 @@ for v in $(echo "$origs" | cut -d' ' -f1); do
 done
 newest_first=
 while [ -n "$candidates" ]; do
-    best= rest=
+    best='' rest=''
     for v in $candidates; do
         if [ -z "$best" ]; then best=$v
         elif dpkg --compare-versions "$v" gt "$best"; then rest="$rest $best" best=$v
@@ -168,7 +168,7 @@ done
 # and with the hash the signed index gives. The index can still list a revision whose files are
 # already gone from the pool: then the next one is tried.
 mkdir -p /out && cd /out
-version= orig=
+version='' orig=''
 for v in $newest_first; do
     uris=$(apt-get -o APT::Sandbox::User=root source --print-uris -qq "$pkg=$v") || continue
     # 'URI' FILE SIZE HASH, for the orig tarball (not its .asc signature)
@@ -188,6 +188,24 @@ for v in $newest_first; do
     echo "llbgen: $pkg $v is in the mirror's index, but $2 could not be downloaded" >&2
     rm -f "/out/$2"
 done
+# The mirror no longer has it: the copy kept in a registry (llbgen sources push), if one is named,
+# as an OCI blob addressed by the pinned sha256 (anonymous pull; apt-helper checks the hash).
+if [ -z "$version" ] && [ -n "${SOURCES_REGISTRY:-}" ]; then
+    host=${SOURCES_REGISTRY%%/*} repo=${SOURCES_REGISTRY#*/}
+    case $host in localhost* | 127.* | "[::1]"*) scheme=http ;; *) scheme=https ;; esac
+    url="$scheme://$host/v2/$repo/blobs/sha256:$sha"
+    echo "llbgen: $pkg $want is not in $mirror; trying the copy in $SOURCES_REGISTRY"
+    if /usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file "$url" /out/orig "SHA256:$sha"; then
+        case $(od -An -tx1 -N3 /out/orig | tr -d ' ') in
+            fd377a) ext=xz ;; 425a68) ext=bz2 ;; 1f8b*) ext=gz ;; *) ext=unknown ;;
+        esac
+        orig=${pkg}_$want.orig.tar.$ext version=$want mirror="the copy in $SOURCES_REGISTRY"
+        mv /out/orig "$orig"
+    else
+        rm -f /out/orig
+        echo "llbgen: $SOURCES_REGISTRY has no blob sha256:$sha either (llbgen sources push puts it there)" >&2
+    fi
+fi
 if [ -z "$version" ]; then
     die "Debian's mirror ($mirror) no longer has source package $pkg at the pinned upstream version $want." \
         "The mirror keeps only current Debian revisions, so the pin must move: $pin" \
@@ -274,15 +292,20 @@ def source_package(
 
     The newest Debian revision of that upstream version the mirror has is used; the build log and
     the ``provenance`` file record which one. When the mirror has no revision of it any more (it
-    keeps only current ones), the step fails and says so, with ``pin`` telling how to move the pin.
+    keeps only current ones), the step takes the copy ``llbgen sources push`` kept in the registry
+    repository ``--arg SOURCES_REGISTRY=HOST/PATH`` names (the blob with the pinned sha256), if
+    given; else it fails and says so, with ``pin`` telling how to move the pin.
     Runs on the build platform: the files are the same for every target.
     """
     if not re.fullmatch(r"[0-9a-f]{64}", orig_sha256):
         raise ValueError(f"orig_sha256 of {package} {upstream} must be 64 hex digits, not {orig_sha256!r}")
     base = ctx.base_image("debian:trixie", platform=ctx.build_platform)
+    env = {"PIN_HINT": pin}  # for the message when the pinned version is gone
+    if ctx.arg("SOURCES_REGISTRY"):
+        env["SOURCES_REGISTRY"] = ctx.arg("SOURCES_REGISTRY")  # the fallback: llbgen sources push
     step = base.run(
         ["sh", "/llbgen/fetch-debian-source.sh", package, upstream, orig_sha256],
-        env={"PIN_HINT": pin},  # for the message when the pinned version is gone
+        env=env,
         mounts=[
             script("fetch-debian-source.sh", _FETCH),
             *apt_mounts(ctx.build_platform, "deb-src"),

@@ -35,6 +35,7 @@ from llbgen.llb.errors import UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import gateway_pb2, ops_pb2
 from llbgen.project import DEFINITION_FILE, ImageDefinition, Project
+from llbgen.release.bundle import BUNDLE_FILE, read_bundle
 
 log = logging.getLogger("llbgen.frontend")
 
@@ -168,6 +169,8 @@ def prepare(
     ref = inputs.solve_ref(bridge, source)
     layout.tree.mkdir(parents=True)
     files = inputs.copy_tree(bridge, ref, layout.tree)
+    if BUNDLE_FILE in files:  # marshalled by llbgen llb --bundle: nothing to evaluate
+        return BuildRequest(targets=read_bundle(layout.tree, opts.platforms), no_cache=opts.no_cache, cache_from=opts.cache_imports)
     if layout.required and layout.required not in files:
         raise inputs.missing_file_error(opts.filename, files, from_input)
     # Paths in messages and source maps are shown relative to the working directory: there,

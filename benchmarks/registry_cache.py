@@ -1,0 +1,109 @@
+"""A registry cache exported by one daemon, imported by a fresh one: bpftool fully cached.
+
+1. The stack's daemon builds bpftool (both platforms) and exports its cache to the stack's
+   registry (``--cache-to type=registry,mode=max``).
+2. A fresh private daemon (empty state, the stack's configuration) builds it with
+   ``--cache-from`` that cache: every step must come from the cache (checked in the progress).
+3. Another fresh daemon builds it without any cache, from nothing (``--skip-cold`` to leave out).
+
+Both fresh builds write an OCI tarball with the same SOURCE_DATE_EPOCH and rewritten timestamps,
+so they must give the same image digest. Wall times of whole ``llbgen build`` commands.
+
+Usage: .venv/bin/python benchmarks/registry_cache.py [--skip-cold]   (needs scripts/stack-up)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from private_daemon import STACK, private_daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+EPOCH = "1700000000"
+# Vertices that are not steps of the definition (pulls, cache import, export).
+NOT_STEPS = re.compile(r"^(\[internal\]|exporting|importing cache|docker-image://|resolve |sending tarball|preparing|copying|writing)")
+
+
+def stack_env() -> dict[str, str]:
+    values = {}
+    for line in (STACK / "stack.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[key] = value
+    return values
+
+
+def build(address: str, *extra: str) -> tuple[float, str, str]:
+    """Wall time, progress log and metadata of one ``llbgen build bpftool`` for both platforms."""
+    env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    with tempfile.NamedTemporaryFile(suffix=".json") as metadata:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "llbgen", "build", "bpftool", "--platform", "linux/amd64,linux/arm64",
+             "--arg", f"SOURCE_DATE_EPOCH={EPOCH}", "--progress", "plain", "--metadata-file", metadata.name, *extra],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"build failed:\n{proc.stderr[-4000:]}")
+        return elapsed, proc.stderr, Path(metadata.name).read_text()
+
+
+def executed_steps(progress: str) -> list[str]:
+    """Names of the definition's steps that ran: finished, neither cached on the daemon nor loaded
+    from the imported cache (a vertex loaded from a registry cache shows its layer pulls)."""
+    names, cached, done = {}, set(), set()
+    for line in progress.splitlines():
+        match = re.match(r"#(\d+) (.*)$", line)
+        if not match:
+            continue
+        vertex, text = match.groups()
+        names.setdefault(vertex, text)
+        if text == "CACHED" or re.match(r"(extracting )?sha256:[0-9a-f]{64}", text):
+            cached.add(vertex)
+        elif text.startswith("DONE"):
+            done.add(vertex)
+    return sorted(names[v] for v in done - cached if not NOT_STEPS.match(names[v]))
+
+
+def main() -> None:
+    skip_cold = "--skip-cold" in sys.argv[1:]
+    env = stack_env()
+    cache = f"{env['LLBGEN_REGISTRY']}/llbgen-bench/bpftool-cache:{uuid.uuid4().hex[:12]}"
+    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
+    work = Path(tempfile.mkdtemp(prefix="llbgen-bench-"))
+    exported, _, _ = build(env["BUILDKIT_HOST"], "--cache-to", f"type=registry,ref={cache},mode=max")
+    print(f"progress logs: {work}")
+    print(f"stack daemon: build and export the cache to {cache}: {exported:.1f} s")
+    output = "type=oci,dest={},rewrite-timestamp=true,source-date-epoch=" + EPOCH
+    results = {}
+    runs = [("with the registry cache", ["--cache-from", f"type=registry,ref={cache}"])]
+    if not skip_cold:
+        runs.append(("without a cache", []))
+    for label, extra in runs:
+        state = work / label.replace(" ", "-")
+        with private_daemon(state) as address:
+            elapsed, progress, metadata = build(address, *extra, "-o", output.format(state / "bpftool.tar"))
+        (work / f"{label.replace(' ', '-')}.log").write_text(progress)
+        ran = executed_steps(progress)
+        digest = json.loads(metadata)["containerimage.digest"]
+        results[label] = (elapsed, digest)
+        print(f"fresh daemon, {label}: {elapsed:.1f} s, {digest}, steps run: {len(ran)}")
+        for name in ran:
+            print(f"    ran: {name}")
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+    if len(results) == 2:
+        (cached, d1), (cold, d2) = results.values()
+        print(f"cached / cold: {cached:.1f} s / {cold:.1f} s ({cold / cached:.1f}x); same digest: {d1 == d2}")
+
+
+if __name__ == "__main__":
+    main()
