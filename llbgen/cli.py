@@ -23,6 +23,7 @@ from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
+from llbgen import builder_cli
 from llbgen.structure import cli as structure_cli
 
 T = TypeVar("T")
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     _connection_flags(build)
 
     structure_cli.add_parser(commands)
+    builder_cli.add_parser(commands)
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
@@ -101,7 +103,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--addr", help="BuildKit address (default: $BUILDKIT_HOST, else llbgen's own daemon)")
+    parser.add_argument(
+        "--addr", help="BuildKit address (default: $BUILDKIT_HOST, else a buildx builder, else llbgen's own daemon)"
+    )
+    parser.add_argument(
+        "--builder", help="buildx builder to build on (default: $BUILDX_BUILDER, else buildx's current builder)"
+    )
     parser.add_argument("--tlscacert", type=Path, help="CA certificate for tcp:// addresses")
     parser.add_argument("--tlscert", type=Path, help="client certificate")
     parser.add_argument("--tlskey", type=Path, help="client key")
@@ -202,6 +209,7 @@ def _build(project: Project, ns: argparse.Namespace) -> int:
         allow=ns.allow,
         address=ns.addr,
         tls=TLSConfig(ns.tlscacert, ns.tlscert, ns.tlskey, ns.tlsservername),
+        builder=ns.builder,
     )
     response = build(project, options)
     if ns.metadata_file is not None:
@@ -251,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(project, ns)
         if ns.command == "test":
             return structure_cli.run(project, ns)
+        if ns.command == "builder":
+            return builder_cli.run(ns)
         if ns.command == "daemon":
             return _daemon(ns.action)
         if ns.command == "resident":

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import grpc
@@ -153,7 +153,7 @@ class Connection:
                 credentials = tls.credentials()
         elif url.scheme == "docker-container":
             name = url.netloc or url.path.lstrip("/")
-            self._bridge = _StdioBridge(["docker", "exec", "-i", name, "buildctl", "dial-stdio"])
+            self._bridge = _StdioBridge(["docker", *_docker_flags(url.query), "exec", "-i", name, "buildctl", "dial-stdio"])
             target = f"unix:{self._bridge.path}"
         else:
             raise UsageError(
@@ -274,6 +274,17 @@ def wait(future: futures.Future[T], timeout: float | None = None) -> T:
     except KeyboardInterrupt:
         future.cancel()
         raise
+
+
+def _docker_flags(query: str) -> list[str]:
+    """``?context=NAME`` (buildctl's) or ``?host=URL`` of a ``docker-container://`` address, as docker options."""
+    flags = []
+    for key, value in parse_qsl(query):
+        if key == "context":
+            flags += ["--context", value]
+        elif key == "host":
+            flags += ["-H", value]
+    return flags
 
 
 class _StdioBridge:

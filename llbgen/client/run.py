@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import attrs
+import grpc
 
 from llbgen.client.build import (
     BuildFailed,
@@ -18,6 +19,7 @@ from llbgen.client.build import (
     resolve_locals,
     run_build,
 )
+from llbgen.client import buildx
 from llbgen.client.connection import Connection, ConnectionError, TLSConfig
 from llbgen.client.daemon import EmbeddedDaemon
 from llbgen.client.imageconfig import image_config
@@ -26,7 +28,7 @@ from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import ops_pb2
-from llbgen.progress import StatusTracker, failure_summary, make_printer
+from llbgen.progress import Printer, StatusTracker, failure_summary, make_printer
 from llbgen.project import Project
 from llbgen.session.auth import Auth
 from llbgen.session.content import LocalCacheError, LocalCaches
@@ -52,16 +54,37 @@ class BuildOptions:
     allow: Sequence[str] = ()
     address: str | None = None
     tls: TLSConfig = TLSConfig()
+    builder: str | None = None
 
 
-def connect(address: str | None, tls: TLSConfig) -> Connection:
-    """``--addr``, else ``$BUILDKIT_HOST``, else llbgen's own daemon (started if needed)."""
-    address = address or os.environ.get("BUILDKIT_HOST") or EmbeddedDaemon.default().ensure_running()
-    return Connection(address, tls)
+def connect(address: str | None, tls: TLSConfig, builder: str | None = None) -> Connection:
+    """``--addr``, else ``$BUILDKIT_HOST``, else a buildx builder (``--builder``, ``$BUILDX_BUILDER``,
+    buildx's current one: :mod:`llbgen.client.buildx`), else llbgen's own daemon (started if needed)."""
+    choice = buildx.choose(address, builder)
+    for note in choice.notes:
+        print(f"llbgen: note: {note}", file=sys.stderr)
+    if choice.builder is not None:
+        return buildx.connect_node(choice.builder, choice.builder.nodes[0])
+    return Connection(choice.address or EmbeddedDaemon.default().ensure_running(), tls)
 
 
-def build(project: Project, options: BuildOptions) -> dict[str, str]:
-    connection = connect(options.address, options.tls)
+def build(
+    project: Project,
+    options: BuildOptions,
+    connection: Connection | None = None,
+    printer: Printer | None = None,
+) -> dict[str, str]:
+    """Builds ``options.image``; on a builder with several nodes, on each node its platforms.
+
+    ``connection`` and ``printer``: given by :mod:`llbgen.client.multinode` for one node's part.
+    """
+    if connection is None:
+        choice = buildx.choose(options.address, options.builder)
+        if choice.builder is not None and len(choice.builder.nodes) > 1:
+            from llbgen.client.multinode import build_on_nodes
+
+            return build_on_nodes(project, options, choice.builder)
+        connection = connect(options.address, options.tls, options.builder)
     try:
         probed = connection.start_probe()
         definition = project.definition(options.image)  # while the daemon answers
@@ -97,17 +120,20 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         if content is not None:
             services.append(content)
         # The failure summary (below) shows the failed step's log, so the printer does not.
-        try:
-            printer = make_printer(options.progress, sys.stderr, error_logs=False)
-        except ValueError as exc:
-            raise UsageError(f"--progress {options.progress}: {exc}") from None
+        own_printer = printer is None
+        if printer is None:
+            printer = open_printer(options.progress)
         try:
             response = run_build(connection, request, services, printer.update)
         except BuildFailed as exc:
-            printer.close()
+            if own_printer:
+                printer.close()
+            if isinstance(connection, buildx.NodeConnection) and exc.code == grpc.StatusCode.UNAVAILABLE:
+                raise LLBGenError(connection.lost(str(exc))) from None
             raise LLBGenError(_explain_failure(exc, printer.tracker, definitions)) from None
         finally:
-            printer.close()
+            if own_printer:
+                printer.close()
         try:
             caches.finish(response)  # index.json of --cache-to type=local directories
         except LocalCacheError as exc:
@@ -116,6 +142,13 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         return response
     finally:
         connection.close()
+
+
+def open_printer(progress: str) -> Printer:
+    try:
+        return make_printer(progress, sys.stderr, error_logs=False)
+    except ValueError as exc:
+        raise UsageError(f"--progress {progress}: {exc}") from None
 
 
 def _local_caches(options: BuildOptions) -> tuple[LocalCaches, list[CacheOption]]:

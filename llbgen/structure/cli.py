@@ -97,6 +97,7 @@ def run(project: Project, ns: argparse.Namespace) -> int:
         locals={k: Path(v) for k, v in parse_pairs(ns.local, "--local").items()},
         allow=ns.allow,
         address=ns.addr,
+        builder=ns.builder,
         tls=TLSConfig(ns.tlscacert, ns.tlscert, ns.tlskey, ns.tlsservername),
     )
     results = run_tests(project, options)

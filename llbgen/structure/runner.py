@@ -68,6 +68,7 @@ class TestOptions:
     locals: Mapping[str, Path] = attrs.field(factory=dict)
     allow: Sequence[str] = ()
     address: str | None = None
+    builder: str | None = None
     tls: TLSConfig = TLSConfig()
 
 
@@ -192,6 +193,7 @@ def run_tests(project: Project, options: TestOptions) -> list[CheckResult]:
                 allow=options.allow,
                 address=options.address,
                 tls=options.tls,
+                builder=options.builder,
             ),
         )
         return collect(runner.compiled, Path(tmp))
