@@ -190,16 +190,35 @@ def _exported_names(record: dict[str, Any]) -> str:
     return " ".join(e.get("Attrs", {}).get("name", "") for e in record.get("Exporters") or [])
 
 
+#: Built on the base, shipped on scratch, as bpftool is. (An image on top of the base would carry
+#: the base's history, which says how the daemon got the base's layers: "pulled from ..." on the
+#: builder, "unpack debian-trixie-amd64.tar" on the stack's daemon, which built the base itself.)
+TOOL = """
+import llbgen
+
+PLATFORMS = ("linux/amd64", "linux/arm64")
+
+def build(ctx):
+    built = ctx.base_image("debian:trixie").run(
+        ["sh", "-c", "uname -m > /out/arch && sha256sum /bin/sh > /out/sh.sha256"],
+        mounts=[llbgen.bind("/out", llbgen.scratch())],
+    )
+    return llbgen.scratch().file(llbgen.copy(built.mount("/out"), "/", "/"))
+"""
+
+
 @pytest.mark.buildkit
 def test_builder_gives_the_plain_daemons_digest(builders: dict[str, str], tmp_path: Path) -> None:
     """The same image, byte for byte, on the builder (another daemon, its own cache) and the stack's daemon."""
+    (tmp_path / "images" / "tool").mkdir(parents=True)
+    (tmp_path / "images" / "tool" / "image.py").write_text(TOOL)
     digests = []
     for where in (["--builder", builders["LLBGEN_BUILDX_BUILDER"]], ["--addr", builders["BUILDKIT_HOST"]]):
         meta = tmp_path / f"{where[0][2:]}.json"
         proc = _llbgen(
-            "build", "hello", *where, "--platform", PLATFORMS, "--arg", f"SOURCE_DATE_EPOCH={EPOCH}",
+            "build", "tool", *where, "--platform", PLATFORMS, "--arg", f"SOURCE_DATE_EPOCH={EPOCH}",
             "-o", f"type=oci,dest={tmp_path / 'out.tar'},rewrite-timestamp=true", "--metadata-file", str(meta),
-            env=_env(),
+            env=_env(), cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         digests.append(_metadata(meta)["containerimage.digest"])

@@ -337,6 +337,12 @@ class _StdioBridge:
         except OSError:
             pass
         finally:
+            # shutdown first: close() alone leaves the socket open while the upstream thread is
+            # blocked reading it, and gRPC would never see the daemon go away.
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             conn.close()
             proc.wait()
             if proc.returncode:
