@@ -9,6 +9,7 @@ platforms; ``LLBGEN_BUILDX_MULTINODE``, one node per platform) and check on the 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 import urllib.request
 import uuid
 from pathlib import Path
@@ -442,3 +444,38 @@ def test_docker_buildx_build_through_the_syntax_frontend(
     )  # fmt: skip
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert _metadata(tmp_path / "docker.json")["containerimage.digest"] == _metadata(tmp_path / "llbgen.json")["containerimage.digest"]
+
+
+@pytest.mark.buildkit
+def test_builder_create_remote_and_rm(builders: dict[str, str], tmp_path: Path) -> None:
+    """``llbgen builder create`` makes buildx builders; a remote one reaches the stack's daemon."""
+    env = _env(BUILDX_CONFIG=str(tmp_path / "buildx"), LLBGEN_BUILDKIT_IMAGE=builders["LLBGEN_BUILDKIT_IMAGE"])
+    made = _llbgen("builder", "create", "llbgen-test-dc", "--platform", "linux/amd64", env=env)
+    assert made.returncode == 0, made.stderr
+    stored = json.loads((tmp_path / "buildx" / "instances" / "llbgen-test-dc").read_text())
+    (node,) = stored["Nodes"]
+    assert node["DriverOpts"] == {"network": "host", "image": builders["LLBGEN_BUILDKIT_IMAGE"]}
+    config = tomllib.loads(base64.b64decode(node["Files"]["buildkitd.toml"]).decode())
+    assert config["registry"]["127.0.0.1:5000"] == {"http": True, "insecure": True}
+    assert config["insecure-entitlements"] == ["network.host"]
+    address = builders["BUILDKIT_HOST"]
+    remote = _llbgen("builder", "create", "llbgen-test-remote", "--driver", "remote", address, env=env)
+    assert remote.returncode == 0, remote.stderr
+    (tmp_path / "images" / "tool").mkdir(parents=True)
+    (tmp_path / "images" / "tool" / "image.py").write_text(TOOL)
+    tag = f"{builders['LLBGEN_REGISTRY']}/llbgen-test/remote-{uuid.uuid4().hex[:8]}"
+    started = time.time()
+    proc = _llbgen(
+        "build", "tool", "--builder", "llbgen-test-remote", "--platform", "linux/amd64",
+        "-o", f"type=image,name={tag},push=true", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = subprocess.run(
+        ["buildctl", "--addr", address, "debug", "histories", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
+    records = [json.loads(line)["record"] for line in history.stdout.splitlines() if line.strip()]
+    assert any(tag in _exported_names(r) for r in records if int(r["CreatedAt"]["seconds"]) >= int(started) - 1)
+    for name in ("llbgen-test-dc", "llbgen-test-remote"):
+        removed = _llbgen("builder", "rm", name, env=env)
+        assert removed.returncode == 0, removed.stderr
+    assert not list((tmp_path / "buildx" / "instances").iterdir())
