@@ -479,3 +479,36 @@ def test_builder_create_remote_and_rm(builders: dict[str, str], tmp_path: Path) 
         removed = _llbgen("builder", "rm", name, env=env)
         assert removed.returncode == 0, removed.stderr
     assert not list((tmp_path / "buildx" / "instances").iterdir())
+
+
+@pytest.mark.buildkit
+def test_two_nodes_local_tar_and_docker_outputs(builders: dict[str, str], tmp_path: Path) -> None:
+    """Assembled on the client, laid out as one daemon lays out a multi-platform result."""
+    (tmp_path / "images" / "whereami").mkdir(parents=True)
+    (tmp_path / "images" / "whereami" / "image.py").write_text(WHEREAMI)
+    outputs = {}
+    for where in (builders["LLBGEN_BUILDX_MULTINODE"], builders["LLBGEN_BUILDX_BUILDER"]):
+        out = tmp_path / where
+        # One daemon's docker exporter refuses several platforms; the client's assembly does not.
+        docker = ["-o", f"type=docker,dest={out / 'docker.tar'},name=whereami:test"]
+        proc = _llbgen(
+            "build", "whereami", "--builder", where, "--platform", PLATFORMS,
+            "-o", f"type=local,dest={out / 'local'}", "-o", f"type=tar,dest={out / 'fs.tar'}",
+            *(docker if where == builders["LLBGEN_BUILDX_MULTINODE"] else []), env=_env(), cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with tarfile.open(out / "fs.tar") as tar:
+            names = sorted(m.name for m in tar.getmembers() if m.name.endswith(("build-platform", "ran-as")))
+        local = {p.parent.name + "/" + p.name: p.read_text().strip() for p in sorted((out / "local").glob("*/build-platform"))}
+        tags = []
+        if (out / "docker.tar").exists():
+            with tarfile.open(out / "docker.tar") as tar:
+                tags = [e["RepoTags"] for e in json.load(tar.extractfile("manifest.json"))]  # type: ignore[arg-type]
+        outputs[where] = (names, sorted(local), local, tags)
+    multi, single = outputs[builders["LLBGEN_BUILDX_MULTINODE"]], outputs[builders["LLBGEN_BUILDX_BUILDER"]]
+    assert multi[0] == single[0] == ["linux_amd64/build-platform", "linux_amd64/ran-as", "linux_arm64/build-platform", "linux_arm64/ran-as"]
+    assert multi[1] == single[1]
+    # Each node compiled with its own platform; the one-node builder with its amd64 for both.
+    assert multi[2] == {"linux_amd64/build-platform": "linux/amd64", "linux_arm64/build-platform": "linux/arm64"}
+    assert set(single[2].values()) == {"linux/amd64"}
+    assert ["whereami:test"] in multi[3]

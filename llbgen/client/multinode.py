@@ -256,16 +256,8 @@ def _push_index(output: Output, parts: Sequence[Part], responses: Sequence[Mappi
             _, body = registry.get_manifest(first.repository, descriptor["digest"])
             manifests += json.loads(body)["manifests"]
         else:
-            manifests.append(
-                {
-                    "mediaType": descriptor["mediaType"],
-                    "digest": descriptor["digest"],
-                    "size": descriptor["size"],
-                    "platform": part.platforms[0].to_json(),
-                }
-            )
-    body = _index(manifests)
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            manifests.append(_entry(descriptor, part.platforms[0]))
+    body, digest = _index(manifests)
     for ref in names:
         Registry(ref.host).put_manifest(ref.repository, ref.tag or ref.digest or digest, INDEX, body)
     descriptor = {"mediaType": INDEX, "digest": digest, "size": len(body)}
@@ -276,8 +268,20 @@ def _push_index(output: Output, parts: Sequence[Part], responses: Sequence[Mappi
     }
 
 
-def _index(manifests: Sequence[Mapping[str, Any]]) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": list(manifests)}, separators=(",", ":")).encode()
+def _entry(descriptor: Mapping[str, Any], platform: Platform) -> dict[str, Any]:
+    """An index's entry for a node's single-platform manifest."""
+    keep = ("mediaType", "digest", "size")
+    return {**{k: descriptor[k] for k in keep}, "platform": platform.to_json()}
+
+
+def _index(manifests: Sequence[Mapping[str, Any]]) -> tuple[bytes, str]:
+    """An OCI index of ``manifests``: its bytes and digest."""
+    body = json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": list(manifests)}, separators=(",", ":"))
+    return body.encode(), "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def _blob_path(digest: str) -> str:
+    return "blobs/" + digest.replace(":", "/", 1)
 
 
 def _read_tar(path: Path) -> dict[str, bytes]:
@@ -286,7 +290,7 @@ def _read_tar(path: Path) -> dict[str, bytes]:
 
 
 def _blob(layout: Mapping[str, bytes], digest: str) -> bytes:
-    return layout["blobs/" + digest.replace(":", "/", 1)]
+    return layout[_blob_path(digest)]
 
 
 def _oci_archive(output: Output, parts: Sequence[Part], layouts: Sequence[Mapping[str, bytes]]) -> tuple[bytes, str]:
@@ -301,17 +305,9 @@ def _oci_archive(output: Output, parts: Sequence[Part], layouts: Sequence[Mappin
         if top.get("mediaType") == INDEX:
             manifests += json.loads(_blob(layout, top["digest"]))["manifests"]
         else:
-            manifests.append(
-                {
-                    "mediaType": top["mediaType"],
-                    "digest": top["digest"],
-                    "size": top["size"],
-                    "platform": part.platforms[0].to_json(),
-                }
-            )
-    body = _index(manifests)
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
-    blobs["blobs/" + digest.replace(":", "/", 1)] = body
+            manifests.append(_entry(top, part.platforms[0]))
+    body, digest = _index(manifests)
+    blobs[_blob_path(digest)] = body
     top = {"mediaType": INDEX, "digest": digest, "size": len(body)}
     if annotations:
         top["annotations"] = annotations
@@ -320,12 +316,12 @@ def _oci_archive(output: Output, parts: Sequence[Part], layouts: Sequence[Mappin
         names = [n for n in output.attrs.get("name", "").split(",") if n]
         entries = []
         for i, m in enumerate(manifests):
-            manifest = json.loads(blobs["blobs/" + m["digest"].replace(":", "/", 1)])
+            manifest = json.loads(blobs[_blob_path(m["digest"])])
             entries.append(
                 {
-                    "Config": "blobs/" + manifest["config"]["digest"].replace(":", "/", 1),
+                    "Config": _blob_path(manifest["config"]["digest"]),
                     "RepoTags": names if i == 0 else [],
-                    "Layers": ["blobs/" + layer["digest"].replace(":", "/", 1) for layer in manifest["layers"]],
+                    "Layers": [_blob_path(layer["digest"]) for layer in manifest["layers"]],
                 }
             )
         files["manifest.json"] = json.dumps(entries).encode()
