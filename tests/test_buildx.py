@@ -134,6 +134,9 @@ def test_docker_driver_and_unknown_names_say_what_to_do(store_env: dict[str, str
         buildx.choose(None, "dockerd", store_env)
     with pytest.raises(buildx.BuilderError, match="no buildx builder named 'nope'.*dockerd, far, one, two"):
         buildx.choose(None, "nope", store_env)
+    # buildx offers docker contexts as builders of the docker driver
+    with pytest.raises(buildx.BuilderError, match="'default' uses the docker driver"):
+        buildx.choose(None, "default", store_env)
 
 
 def test_create_adds_llbgen_defaults(tmp_path: Path) -> None:

@@ -141,6 +141,12 @@ class Store:
             return None
         return parse_builder(data)
 
+    def is_docker_context(self, name: str) -> bool:
+        if name == "default":
+            return True
+        digest = hashlib.sha256(name.encode()).hexdigest()
+        return (docker_config_dir(self.env) / "contexts" / "meta" / digest / "meta.json").is_file()
+
     def docker_endpoint(self) -> str:
         """The key buildx files the current builder under: the docker context, or the daemon's address."""
         context = self.env.get("DOCKER_CONTEXT")
@@ -218,6 +224,9 @@ def choose(
 
 def named(store: Store, name: str) -> Builder:
     builder = store.get(name)
+    if builder is None and store.is_docker_context(name):
+        # buildx offers every docker context as a builder of the docker driver
+        return Builder(name, "docker", (Node(name, name),))
     if builder is None:
         names = store.names()
         known = f"builders: {', '.join(names)}" if names else "there are none"
