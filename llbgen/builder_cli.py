@@ -14,9 +14,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llbgen.client import buildx
 from llbgen.llb.errors import LLBGenError, UsageError
+
+if TYPE_CHECKING:  # imported when used: `llbgen` parses its command line without gRPC
+    from llbgen.client import buildx
 
 #: Registries a new builder speaks plain HTTP to unless told otherwise (docker trusts loopback too).
 DEFAULT_INSECURE = ("127.0.0.1:5000", "localhost:5000")
@@ -58,6 +61,8 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def listing(address: str | None, builder: str | None, env: dict[str, str] | None = None) -> str:
+    from llbgen.client import buildx
+
     env = dict(os.environ if env is None else env)
     store = buildx.Store.default(env)
     rows = [("NAME", "DRIVER", "NODE", "ENDPOINT", "STATUS", "PLATFORMS")]
@@ -90,6 +95,8 @@ def listing(address: str | None, builder: str | None, env: dict[str, str] | None
 
 
 def would_use(address: str | None, builder: str | None, env: dict[str, str], store: buildx.Store) -> str:
+    from llbgen.client import buildx
+
     try:
         choice = buildx.choose(address, builder, env, store)
     except buildx.BuilderError as exc:
@@ -105,6 +112,8 @@ def would_use(address: str | None, builder: str | None, env: dict[str, str], sto
 
 def node_status(builder: buildx.Builder, node: buildx.Node) -> tuple[str, Sequence[object]]:
     """The node's state and platforms: configured ones, else what its workers report (when it runs)."""
+    from llbgen.client import buildx
+
     problem = builder.unusable()
     if problem is not None or not node.name:
         return ("not for llbgen" if problem else "no nodes"), node.platforms

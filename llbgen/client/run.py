@@ -60,9 +60,17 @@ class BuildOptions:
 def connect(address: str | None, tls: TLSConfig, builder: str | None = None) -> Connection:
     """``--addr``, else ``$BUILDKIT_HOST``, else a buildx builder (``--builder``, ``$BUILDX_BUILDER``,
     buildx's current one: :mod:`llbgen.client.buildx`), else llbgen's own daemon (started if needed)."""
+    return _connect(_choose(address, builder), tls)
+
+
+def _choose(address: str | None, builder: str | None) -> buildx.Choice:
     choice = buildx.choose(address, builder)
     for note in choice.notes:
         print(f"llbgen: note: {note}", file=sys.stderr)
+    return choice
+
+
+def _connect(choice: buildx.Choice, tls: TLSConfig) -> Connection:
     if choice.builder is not None:
         return buildx.connect_node(choice.builder, choice.builder.nodes[0])
     return Connection(choice.address or EmbeddedDaemon.default().ensure_running(), tls)
@@ -79,12 +87,12 @@ def build(
     ``connection`` and ``printer``: given by :mod:`llbgen.client.multinode` for one node's part.
     """
     if connection is None:
-        choice = buildx.choose(options.address, options.builder)
+        choice = _choose(options.address, options.builder)
         if choice.builder is not None and len(choice.builder.nodes) > 1:
             from llbgen.client.multinode import build_on_nodes
 
             return build_on_nodes(project, options, choice.builder)
-        connection = connect(options.address, options.tls, options.builder)
+        connection = _connect(choice, options.tls)
     try:
         probed = connection.start_probe()
         definition = project.definition(options.image)  # while the daemon answers
