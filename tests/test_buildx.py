@@ -31,6 +31,9 @@ import pytest
 
 from llbgen.builder_cli import buildkitd_config, create_args
 from llbgen.client import buildx
+from llbgen.client.connection import TLSConfig
+from llbgen.client.multinode import assign
+from llbgen.llb.errors import LLBGenError
 from llbgen.llb.platform import Platform
 from tests.conftest import ROOT, STACK_DIR
 from tests.test_frontend import base_ref, frontend_image  # noqa: F401  (fixtures)
@@ -90,6 +93,26 @@ def test_store_reads_buildx_files(store_env: dict[str, str]) -> None:
     assert buildx.endpoint(two, two.nodes[0]).address == (
         "docker-container://buildx_buildkit_two-a?host=unix:///var/run/docker.sock"
     )
+
+
+def test_remote_node_tls_from_driver_options() -> None:
+    node = buildx.Node(
+        "far0", "tcp://10.0.0.1:1234",
+        driver_opts={"cacert": "/c/ca.pem", "cert": "/c/cert.pem", "key": "/c/key.pem", "servername": "bk"},
+    )  # fmt: skip
+    where = buildx.endpoint(buildx.Builder("far", "remote", (node,)), node)
+    assert where.address == "tcp://10.0.0.1:1234"
+    assert where.tls == TLSConfig(Path("/c/ca.pem"), Path("/c/cert.pem"), Path("/c/key.pem"), "bk")
+
+
+def test_each_platform_goes_to_the_first_node_listing_it() -> None:
+    amd64, arm64 = Platform("linux", "amd64"), Platform("linux", "arm64")
+    both = buildx.Node("both", "e1", (amd64, arm64))
+    only_arm = buildx.Node("arm", "e2", (arm64,))
+    parts = assign(buildx.Builder("b", "docker-container", (only_arm, both)), [amd64, arm64], {})
+    assert [(p.node.name, p.platforms) for p in parts] == [("arm", (arm64,)), ("both", (amd64,))]
+    with pytest.raises(LLBGenError, match="no node of builder 'b' builds linux/s390x: arm: linux/arm64"):
+        assign(buildx.Builder("b", "docker-container", (only_arm,)), [Platform("linux", "s390x")], {})
 
 
 def test_store_location_follows_docker_config(tmp_path: Path) -> None:
