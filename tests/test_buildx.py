@@ -236,15 +236,20 @@ def build(ctx):
 
 
 @pytest.mark.buildkit
-def test_builder_gives_the_plain_daemons_digest(builders: dict[str, str], tmp_path: Path) -> None:
-    """The same image, byte for byte, on the builder (another daemon, its own cache) and the stack's daemon."""
+@pytest.mark.parametrize("image", ["tool", "bpftool"])
+def test_builder_gives_the_plain_daemons_digest(builders: dict[str, str], tmp_path: Path, image: str) -> None:
+    """The same image, byte for byte, on the builder (another daemon, its own cache) and the stack's daemon.
+
+    bpftool: the first run on a new builder builds the compilers image there (about 10 minutes).
+    """
+    shutil.copytree(ROOT / "images", tmp_path / "images")
     (tmp_path / "images" / "tool").mkdir(parents=True)
     (tmp_path / "images" / "tool" / "image.py").write_text(TOOL)
     digests = []
     for where in (["--builder", builders["LLBGEN_BUILDX_BUILDER"]], ["--addr", builders["BUILDKIT_HOST"]]):
         meta = tmp_path / f"{where[0][2:]}.json"
         proc = _llbgen(
-            "build", "tool", *where, "--platform", PLATFORMS, "--arg", f"SOURCE_DATE_EPOCH={EPOCH}",
+            "build", image, *where, "--platform", PLATFORMS, "--arg", f"SOURCE_DATE_EPOCH={EPOCH}",
             "-o", f"type=oci,dest={tmp_path / 'out.tar'},rewrite-timestamp=true", "--metadata-file", str(meta),
             env=_env(), cwd=tmp_path,
         )  # fmt: skip
