@@ -115,6 +115,8 @@ def build_on_nodes(project: Project, options: BuildOptions, builder: buildx.Buil
         parts = assign(builder, options.platforms, connections)
         if len(parts) == 1:  # one node builds everything: an ordinary build there
             return build(project, attrs.evolve(options, platforms=list(parts[0].platforms)), connections.pop(parts[0].node.name))
+        # Load the definitions here, once: the nodes' threads then only compile them.
+        project.state(options.image, project.context(parts[0].platforms[0], options.args))
         with tempfile.TemporaryDirectory(prefix="llbgen-nodes-") as tmp:
             plans = [_plan(part, options.outputs, len(options.platforms), Path(tmp)) for part in parts]
             printer = open_printer(options.progress)
@@ -166,7 +168,7 @@ def _run_parts(
         for future in submitted:
             try:
                 wait(future)
-            except BaseException:
+            except Exception:  # recorded in first_error by the node that failed first
                 pass
     except KeyboardInterrupt:
         for connection in connections.values():
