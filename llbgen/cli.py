@@ -18,6 +18,7 @@ from llbgen.llb.definition import marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.project import Project
+from llbgen import builder_cli
 from llbgen.release import cli as release_cli
 
 TEST_DESCRIPTION = """\
@@ -102,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("-v", "--verbose", action="store_true", help="show the details of passing checks too")
 
     release_cli.add_parser(commands)
+    builder_cli.add_parser(commands)
 
     daemon = commands.add_parser("daemon", help="llbgen's own buildkitd (used when no address is set)")
     daemon.add_argument("action", choices=("status", "stop", "start"))
@@ -218,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return structure_cli.run(project, ns, config)
         if ns.command in release_cli.COMMANDS:
             return release_cli.run(project, ns, config)
+        if ns.command == "builder":
+            return builder_cli.run(ns, config)
         return _llb(project, ns)
     except LLBGenError as exc:
         print(f"llbgen: error: {exc}", file=sys.stderr)

@@ -56,7 +56,12 @@ def add_build_flags(parser: argparse.ArgumentParser, platform_help: str) -> None
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     """Where to build: ``--addr`` and the TLS files of a ``tcp://`` address."""
-    parser.add_argument("--addr", help="BuildKit address (default: $BUILDKIT_HOST, else llbgen's own daemon)")
+    parser.add_argument(
+        "--addr", help="BuildKit address (default: $BUILDKIT_HOST, else a buildx builder, else llbgen's own daemon)"
+    )
+    parser.add_argument(
+        "--builder", help="buildx builder to build on (default: $BUILDX_BUILDER, else buildx's current builder)"
+    )
     parser.add_argument("--tlscacert", type=Path, help="CA certificate for tcp:// addresses")
     parser.add_argument("--tlscert", type=Path, help="client certificate")
     parser.add_argument("--tlskey", type=Path, help="client key")
@@ -96,6 +101,7 @@ def build_options(ns: argparse.Namespace, config: Config, **more: Any) -> BuildO
         address=ns.addr,
         tls=tls_config(ns),
         daemon=config.daemon,
+        builder=ns.builder,
         **more,
     )
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import grpc
@@ -117,7 +117,7 @@ class Connection:
                 credentials = tls.credentials()
         elif url.scheme == "docker-container":
             name = url.netloc or url.path.lstrip("/")
-            self._bridge = _StdioBridge(["docker", "exec", "-i", name, "buildctl", "dial-stdio"])
+            self._bridge = _StdioBridge(["docker", *_docker_flags(url.query), "exec", "-i", name, "buildctl", "dial-stdio"])
             target = f"unix:{self._bridge.path}"
         else:
             raise UsageError(
@@ -240,6 +240,17 @@ def wait(future: futures.Future[T], timeout: float | None = None) -> T:
         raise
 
 
+def _docker_flags(query: str) -> list[str]:
+    """``?context=NAME`` (buildctl's) or ``?host=URL`` of a ``docker-container://`` address, as docker options."""
+    flags = []
+    for key, value in parse_qsl(query):
+        if key == "context":
+            flags += ["--context", value]
+        elif key == "host":
+            flags += ["-H", value]
+    return flags
+
+
 class _StdioBridge:
     """A unix socket whose every connection is piped to a new ``buildctl dial-stdio`` process."""
 
@@ -290,6 +301,12 @@ class _StdioBridge:
         except OSError:
             pass
         finally:
+            # shutdown first: close() alone leaves the socket open while the upstream thread is
+            # blocked reading it, and gRPC would never see the daemon go away.
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             conn.close()
             proc.wait()
             if proc.returncode:

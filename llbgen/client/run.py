@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
+import grpc
 
 from llbgen.client.build import (
     BuildFailed,
@@ -18,6 +19,7 @@ from llbgen.client.build import (
     resolve_locals,
     run_build,
 )
+from llbgen.client import buildx
 from llbgen.client.connection import Connection, ConnectionError, TLSConfig
 from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import CacheOption, Output
@@ -26,7 +28,7 @@ from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import ops_pb2
-from llbgen.progress import StatusTracker, failure_summary, make_printer
+from llbgen.progress import Printer, StatusTracker, failure_summary, make_printer
 from llbgen.project import Project
 from llbgen.session.auth import Auth
 from llbgen.session.core import Service
@@ -58,11 +60,27 @@ class BuildOptions:
     address: str | None = None
     tls: TLSConfig = TLSConfig()
     daemon: DaemonSettings = DaemonSettings()
+    #: A buildx builder by name (``--builder``); see :func:`connect` for the precedence.
+    builder: str | None = None
 
 
 def connect(options: BuildOptions) -> Connection:
-    """``--addr``, else ``$BUILDKIT_HOST``, else llbgen's own daemon (started if needed)."""
-    address = options.address or os.environ.get("BUILDKIT_HOST")
+    """``--addr``, else ``$BUILDKIT_HOST``, else a buildx builder (``--builder``, ``$BUILDX_BUILDER``,
+    buildx's current one: :mod:`llbgen.client.buildx`), else llbgen's own daemon (started if needed)."""
+    return _connect(_choose(options), options)
+
+
+def _choose(options: BuildOptions) -> buildx.Choice:
+    choice = buildx.choose(options.address, options.builder)
+    for note in choice.notes:
+        print(f"llbgen: note: {note}", file=sys.stderr)
+    return choice
+
+
+def _connect(choice: buildx.Choice, options: BuildOptions) -> Connection:
+    if choice.builder is not None:
+        return buildx.connect_node(choice.builder, choice.builder.nodes[0])
+    address = choice.address
     if not address:
         from llbgen.client.daemon import EmbeddedDaemon
 
@@ -70,8 +88,23 @@ def connect(options: BuildOptions) -> Connection:
     return Connection(address, options.tls)
 
 
-def build(project: Project, options: BuildOptions) -> dict[str, str]:
-    connection = connect(options)
+def build(
+    project: Project,
+    options: BuildOptions,
+    connection: Connection | None = None,
+    printer: Printer | None = None,
+) -> dict[str, str]:
+    """Builds ``options.image``; on a builder with several nodes, on each node its platforms.
+
+    ``connection`` and ``printer``: given by :mod:`llbgen.client.multinode` for one node's part.
+    """
+    if connection is None:
+        choice = _choose(options)
+        if choice.builder is not None and len(choice.builder.nodes) > 1:
+            from llbgen.client.multinode import build_on_nodes
+
+            return build_on_nodes(project, options, choice.builder)
+        connection = _connect(choice, options)
     try:
         probed = connection.start_probe()
         definition = project.definition(options.image)  # while the daemon answers
@@ -98,17 +131,20 @@ def build(project: Project, options: BuildOptions) -> dict[str, str]:
         )
         services = _services(options, dirs, caches)
         # The failure summary (below) shows the failed step's log, so the printer does not.
-        try:
-            printer = make_printer(options.progress, sys.stderr, error_logs=False)
-        except ValueError as exc:
-            raise UsageError(f"--progress {options.progress}: {exc}") from None
+        own_printer = printer is None
+        if printer is None:
+            printer = open_printer(options.progress)
         try:
             response = run_build(connection, request, services, printer.update)
         except BuildFailed as exc:
-            printer.close()
+            if own_printer:
+                printer.close()
+            if isinstance(connection, buildx.NodeConnection) and exc.code == grpc.StatusCode.UNAVAILABLE:
+                raise LLBGenError(connection.lost(str(exc))) from None
             raise LLBGenError(_explain_failure(exc, printer.tracker, definitions)) from None
         finally:
-            printer.close()
+            if own_printer:
+                printer.close()
         if caches is not None:
             _finish(caches, response)
         return response
@@ -133,6 +169,13 @@ def _services(options: BuildOptions, dirs: Mapping[str, Path], caches: LocalCach
     if content is not None:
         services.append(content)
     return services
+
+
+def open_printer(progress: str) -> Printer:
+    try:
+        return make_printer(progress, sys.stderr, error_logs=False)
+    except ValueError as exc:
+        raise UsageError(f"--progress {progress}: {exc}") from None
 
 
 def _local_caches(options: BuildOptions) -> tuple[LocalCaches | None, list[CacheOption]]:
