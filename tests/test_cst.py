@@ -21,6 +21,7 @@ from llbgen.structure.evaluate import (
 )
 from llbgen.structure.spec import CommandTest, FileContentTest, FileExistenceTest, MetadataTest
 from tests.conftest import Cli
+from tests.test_structure import PROBE_IMAGE as STRUCTURE_PROBE
 from tests.test_structure import failure_details, statuses
 
 IMAGE_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/root", "TOOL": "bpftool"}
@@ -322,31 +323,17 @@ def test_metadata_against_an_image_config() -> None:
 
 # -- llbgen test with spec files, on the stack --------------------------------------------------
 
-PROBE_IMAGE = '''
-"""A scratch image with one static binary (ldconfig from the Debian base) and a config file."""
-
-import llbgen
-
-PLATFORMS = ("linux/amd64", "linux/arm64")
-
-
-def build(ctx):
-    base = ctx.base_image("debian:trixie")
-    return (
-        llbgen.scratch()
-        .file(
-            llbgen.copy(base, "/usr/sbin/ldconfig", "/usr/local/bin/ldconfig", create_dest_path=True)
-            .mkdir("/etc", 0o755)
-            .mkfile("/etc/probe.conf", 0o640, "answer=42\\n", owner=(1000, 1000))
-            .symlink("/usr/local/bin/ldconfig", "/usr/local/bin/lc")
-        )
-        .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
+# test_structure's scratch probe image, with a config for the metadata test to check.
+PROBE_IMAGE = STRUCTURE_PROBE.replace(
+    '''        .with_env("PATH", "/usr/local/bin")
+        .with_user("1000:1000")''',
+    '''        .with_env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .with_env("MODE", "probe")
         .with_user("1000:1000")
         .with_entrypoint("/usr/local/bin/ldconfig")
-        .with_label("org.example.role", "probe")
-    )
-'''
+        .with_label("org.example.role", "probe")''',
+)
+assert PROBE_IMAGE != STRUCTURE_PROBE
 
 # Every kind of check, passing and failing; each name says which it must do.
 PROBE_SPEC = r'''
