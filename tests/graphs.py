@@ -422,16 +422,10 @@ def _step(step: dict[str, Any], at: Any) -> llbgen.State:
         return cur.with_env(step["key"], step["value"])
     if kind == "dir":
         return cur.with_dir(step["path"])
-    if kind == "user":
-        return cur.with_user(step["user"])
-    if kind == "hostname":
-        return cur.with_hostname(step["hostname"])
-    if kind == "network":
-        return cur.with_network(step["network"])
-    if kind == "security":
-        return cur.with_security(step["security"])
-    if kind == "platform":
-        return cur.with_platform(step["platform"])
+    if kind in ("user", "hostname", "network", "security", "platform"):
+        setter: Any = getattr(cur, f"with_{kind}")  # with_user(step["user"]) and the like
+        state: llbgen.State = setter(step[kind])
+        return state
     if kind == "run":
         es = cur.run(
             step["cmd"], mounts=[_mount(m, at) for m in step["mounts"]], env=dict(step["env"]),

@@ -191,59 +191,41 @@ func jsonScalar(v any) string {
 	return v.(string)
 }
 
-func created(us *int64) (llb.CreatedTime, bool) {
+func created(us *int64) *llb.CreatedTime {
 	if us == nil {
-		return llb.CreatedTime{}, false
+		return nil
 	}
-	return llb.WithCreatedTime(time.Unix(0, *us*1000)), true
+	t := llb.WithCreatedTime(time.Unix(0, *us*1000))
+	return &t
 }
 
+// withOwnerAndTime adds the options all actions but rm take (ChownOption and CreatedTime are
+// options of each kind of action).
+func withOwnerAndTime[T any](opts []T, chown llb.ChownOption, ts *llb.CreatedTime) []T {
+	if chown != nil {
+		opts = append(opts, any(chown).(T))
+	}
+	if ts != nil {
+		opts = append(opts, any(*ts).(T))
+	}
+	return opts
+}
+
+// fileAction appends action a to chain (nil for the first: Go's chaining methods then start one).
 func fileAction(h history, a action, chain *llb.FileAction) *llb.FileAction {
 	chown := owner(a.Owner)
-	ts, hasTime := created(a.Created)
+	ts := created(a.Created)
 	switch a.Op {
 	case "mkdir":
-		opts := []llb.MkdirOption{llb.WithParents(a.Parents)}
-		if chown != nil {
-			opts = append(opts, chown)
-		}
-		if hasTime {
-			opts = append(opts, ts)
-		}
-		if chain == nil {
-			return llb.Mkdir(a.Path, os.FileMode(int(a.Mode.(float64))), opts...)
-		}
+		opts := withOwnerAndTime([]llb.MkdirOption{llb.WithParents(a.Parents)}, chown, ts)
 		return chain.Mkdir(a.Path, os.FileMode(int(a.Mode.(float64))), opts...)
 	case "mkfile":
-		var opts []llb.MkfileOption
-		if chown != nil {
-			opts = append(opts, chown)
-		}
-		if hasTime {
-			opts = append(opts, ts)
-		}
-		if chain == nil {
-			return llb.Mkfile(a.Path, os.FileMode(int(a.Mode.(float64))), []byte(a.Data), opts...)
-		}
+		opts := withOwnerAndTime([]llb.MkfileOption{}, chown, ts)
 		return chain.Mkfile(a.Path, os.FileMode(int(a.Mode.(float64))), []byte(a.Data), opts...)
 	case "rm":
-		opts := []llb.RmOption{llb.WithAllowNotFound(a.AllowNotFound), llb.WithAllowWildcard(a.AllowWildcard)}
-		if chain == nil {
-			return llb.Rm(a.Path, opts...)
-		}
-		return chain.Rm(a.Path, opts...)
+		return chain.Rm(a.Path, llb.WithAllowNotFound(a.AllowNotFound), llb.WithAllowWildcard(a.AllowWildcard))
 	case "symlink":
-		var opts []llb.SymlinkOption
-		if chown != nil {
-			opts = append(opts, chown)
-		}
-		if hasTime {
-			opts = append(opts, ts)
-		}
-		if chain == nil {
-			return llb.Symlink(a.Target, a.Path, opts...)
-		}
-		return chain.Symlink(a.Target, a.Path, opts...)
+		return chain.Symlink(a.Target, a.Path, withOwnerAndTime([]llb.SymlinkOption{}, chown, ts)...)
 	case "copy":
 		opts := []llb.CopyOption{&llb.CopyInfo{
 			FollowSymlinks:                 a.FollowSymlinks,
@@ -257,22 +239,13 @@ func fileAction(h history, a action, chain *llb.FileAction) *llb.FileAction {
 			AlwaysReplaceExistingDestPaths: a.AlwaysReplaceExisting,
 			RequiredPaths:                  a.RequiredPaths,
 		}}
-		if chown != nil {
-			opts = append(opts, chown)
-		}
 		switch m := a.Mode.(type) {
 		case float64:
 			opts = append(opts, llb.ChmodOpt{Mode: os.FileMode(int(m))})
 		case string:
 			opts = append(opts, llb.ChmodOpt{ModeStr: m})
 		}
-		if hasTime {
-			opts = append(opts, ts)
-		}
-		if chain == nil {
-			return llb.Copy(h.at(a.From), a.Src, a.Dest, opts...)
-		}
-		return chain.Copy(h.at(a.From), a.Src, a.Dest, opts...)
+		return chain.Copy(h.at(a.From), a.Src, a.Dest, withOwnerAndTime(opts, chown, ts)...)
 	}
 	panic("unknown file action " + a.Op)
 }
