@@ -48,7 +48,7 @@ def main() -> None:
             f.write(definition.serialize())
     print(
         f"llbgen: ops={len(definition.ops)} best={min(times):.3f}s "
-        f"median={statistics.median(times):.3f}s terminal={definition.digests[-1]}"
+        f"median={statistics.median(times):.3f}s worst={max(times):.3f}s terminal={definition.digests[-1]}"
     )
 
 

@@ -108,6 +108,6 @@ func main() {
 		median = (sorted[m/2-1] + sorted[m/2]) / 2
 	}
 
-	fmt.Printf("go client/llb: ops=%d best=%.3fs median=%.3fs terminal=%s\n",
-		len(def.Def), sorted[0], median, terminal)
+	fmt.Printf("go client/llb: ops=%d best=%.3fs median=%.3fs worst=%.3fs terminal=%s\n",
+		len(def.Def), sorted[0], median, sorted[len(sorted)-1], terminal)
 }

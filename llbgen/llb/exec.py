@@ -50,7 +50,8 @@ class ExecOp(Vertex):
     network: Network
     security: Security
     valid_exit_codes: tuple[int, ...] | None
-    platform: Platform | None
+    platform: Platform | None  # where it runs: the step's own platform, else its state's
+    own_platform: Platform | None  # the step's own (run(platform=...)): its outputs' platform
     mounts: tuple[Mount, ...]  # the root ("/") first; sorted by target as Go sorts them
     secrets: tuple[Secret, ...]
     ssh: tuple[SSH, ...]
@@ -66,6 +67,9 @@ class ExecOp(Vertex):
             if mount.has_output:
                 index += 1
         raise KeyError(target)
+
+    def output_platform(self) -> Platform | None:
+        return self.own_platform
 
     def inputs(self) -> Sequence[Output]:
         seen: dict[Output, None] = {}

@@ -6,9 +6,9 @@ and makes one FileOp whose actions run in order, each on the result of the previ
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Union
 
 import attrs
@@ -26,6 +26,7 @@ from llbgen.llb.graph import (
     op_bytes,
 )
 from llbgen.llb.location import Location
+from llbgen.llb.paths import clean, join
 
 if TYPE_CHECKING:
     from llbgen.llb.state import State
@@ -34,17 +35,11 @@ if TYPE_CHECKING:
 Owner = Union[str, int, tuple[Union[str, int], Union[str, int]]]
 
 
-def clean(path: str) -> str:
-    """Go's ``path.Clean``: like posixpath.normpath, but ``//x`` is ``/x``."""
-    out = posixpath.normpath(path)
-    return "/" + out.lstrip("/") if out.startswith("//") else out
-
-
 def _in_dir(parent: str, path: str, keep_slash: bool) -> str:
     """A path of the destination state: relative paths are below its working directory."""
     out = clean(path)
     if not out.startswith("/"):
-        out = clean(posixpath.join("/", parent, out))
+        out = join("/", parent, out)
     if keep_slash:
         if path.endswith("/") and not out.endswith("/"):
             out += "/"
@@ -54,15 +49,36 @@ def _in_dir(parent: str, path: str, keep_slash: bool) -> str:
 
 
 def _timestamp(created: datetime | None) -> int:
+    """Go's ``time.UnixNano()``, exactly (a float timestamp loses microseconds far from 1970)."""
     if created is None:
         return -1  # unset; 0 would mean the epoch
-    return int(created.timestamp()) * 1_000_000_000 + created.microsecond * 1000
+    if created.tzinfo is None:
+        created = created.astimezone()  # a naive time is local time, as datetime.timestamp() says
+    since = created - _EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000_000 + since.microseconds * 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INT32 = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _uid(value: str | int) -> int | None:
+    """The number a user or group names for Go's ``llb.WithUser``: "root", or a 32-bit integer."""
+    if isinstance(value, int):
+        return value
+    if value == "root":
+        return 0
+    if _INT32.match(value) and -(2**31) <= int(value) < 2**31:
+        return int(value)
+    return None
 
 
 def _user(value: str | int, base: int) -> bytes:
     """``pb.UserOpt``: a number is byID (oneof: written even if 0), a name refers to /etc/passwd of base."""
-    if isinstance(value, int) or value.isdigit():
-        return wire.oneof_int_field(2, int(value))
+    uid = _uid(value)
+    if uid is not None:
+        return wire.oneof_int_field(2, uid & 0xFFFFFFFF)  # Go's uint32(uid)
+    assert isinstance(value, str)
     return wire.message_field(1, wire.str_field(1, value) + wire.int_field(2, base))
 
 
@@ -296,10 +312,12 @@ class FileOp(Vertex):
 
     def _action_bytes(self, action: _Action, base: int) -> tuple[int, bytes]:
         if isinstance(action, _Copy):
+            # Go joins even an absolute source path with "/" (a no-op) and a relative one with
+            # the source state's directory.
             src = clean(action.src)
-            if not src.startswith("/"):
-                src = clean(posixpath.join(action.source.dir, src))
-            mode = -1 if action.mode is None or isinstance(action.mode, str) else action.mode
+            src = join("/" if src.startswith("/") else action.source.dir, src)
+            # Go: -1 when no mode is given; a mode string leaves the number at 0.
+            mode = -1 if action.mode is None else 0 if isinstance(action.mode, str) else action.mode
             return 4, (
                 wire.str_field(1, src)
                 + wire.str_field(2, _in_dir(self.dir, action.dest, keep_slash=True))

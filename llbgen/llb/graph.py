@@ -90,6 +90,13 @@ class Vertex(abc.ABC):
     def encode(self, ctx: MarshalContext) -> tuple[bytes, Metadata]:
         """The op's bytes exactly as Go marshals them, and its metadata."""
 
+    def output_platform(self) -> Platform | None:
+        """The platform a state on one of this op's outputs takes (Go's ``output.platform``).
+
+        Sources and run steps given a platform of their own set it; other ops leave the state's.
+        """
+        return None
+
 
 @attrs.frozen
 class Output:

@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import platform as _host
+import re
 
 import attrs
 
 from llbgen.llb import wire
 
-# Spellings that mean the same platform, as containerd's platforms.Normalize maps them.
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", ""),
-    "x86-64": ("amd64", ""),
-    "amd64": ("amd64", ""),
-    "i386": ("386", ""),
-    "i686": ("386", ""),
-    "aarch64": ("arm64", ""),
-    "arm64": ("arm64", ""),
-    "armhf": ("arm", "v7"),
-    "armel": ("arm", "v6"),
-}
+_COMPONENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+_OS = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
+    """containerd's ``normalizeArch``: one spelling per architecture and variant."""
+    arch, variant = arch.lower(), variant.lower()
+    if arch == "i386":
+        return "386", ""
+    if arch in ("x86_64", "x86-64", "amd64"):
+        return "amd64", "" if variant == "v1" else variant
+    if arch in ("aarch64", "arm64"):
+        if variant in ("8", "v8", "v8.0"):
+            variant = ""
+        elif variant in ("9", "9.0", "v9.0"):
+            variant = "v9"
+        return "arm64", variant
+    if arch == "armhf":
+        return "arm", "v7"
+    if arch == "armel":
+        return "arm", "v6"
+    if arch == "arm":
+        if variant in ("", "7"):
+            variant = "v7"
+        elif variant in ("5", "6", "8"):
+            variant = "v" + variant
+    return arch, variant
 
 
 @attrs.frozen(order=True)
@@ -32,29 +48,30 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        """Parses ``os/arch[/variant]``; raises ValueError with a message meant for users."""
-        parts = text.strip().lower().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
+        """Parses ``os/arch[/variant]`` and normalises it, as ``platforms.Normalize(platforms.Parse())``.
+
+        Raises ValueError with a message meant for users.
+        """
+        parts = text.strip().split("/")
+        if (
+            len(parts) not in (2, 3)
+            or not _OS.match(parts[0])
+            or not all(_COMPONENT.match(p) for p in parts[1:])
+        ):
             raise ValueError(
                 f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64"
             )
-        os_name, arch = parts[0], parts[1]
-        variant = parts[2] if len(parts) == 3 else ""
-        return cls(os_name, arch, variant).normalized()
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "").normalized()
 
     @classmethod
     def host(cls) -> Platform:
-        return cls("linux", _host.machine().lower()).normalized()
+        return cls("linux", _host.machine()).normalized()
 
     def normalized(self) -> Platform:
-        arch, variant = _ARCH_ALIASES.get(self.architecture, (self.architecture, self.variant))
-        if self.variant:
-            variant = self.variant
-        if arch == "arm64" and variant == "v8":
-            variant = ""
-        elif arch == "arm" and not variant:
-            variant = "v7"
-        return Platform(self.os, arch, variant)
+        """containerd's ``platforms.Normalize`` (``macos`` is ``darwin``, ``aarch64`` ``arm64``...)."""
+        os_name = self.os.lower()
+        arch, variant = _normalize_arch(self.architecture, self.variant)
+        return Platform("darwin" if os_name == "macos" else os_name, arch, variant)
 
     def __str__(self) -> str:
         base = f"{self.os}/{self.architecture}"

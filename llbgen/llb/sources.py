@@ -11,9 +11,9 @@ import attrs
 
 from llbgen.llb import reference, wire
 from llbgen.llb.errors import invalid
-from llbgen.llb.fileop import clean
 from llbgen.llb.graph import MarshalContext, Metadata, Output, StepOptions, Vertex, op_bytes
 from llbgen.llb.location import Location, caller
+from llbgen.llb.paths import clean, join
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
 
@@ -32,6 +32,9 @@ class SourceOp(Vertex):
 
     def inputs(self) -> Sequence[Output]:
         return ()
+
+    def output_platform(self) -> Platform | None:
+        return self.platform
 
     def encode(self, ctx: MarshalContext) -> tuple[bytes, Metadata]:
         attributes = dict(self.attrs)
@@ -85,7 +88,8 @@ def image(
     if resolve_mode is not None:
         if resolve_mode not in ("default", "pull", "local"):
             raise invalid(f"resolve_mode {resolve_mode!r} is not one of default, pull, local")
-        attributes["image.resolvemode"] = resolve_mode
+        if resolve_mode != "default":  # Go's ResolveModeDefault is its zero value: not written
+            attributes["image.resolvemode"] = resolve_mode
         if resolve_mode == "pull":
             caps.add("source.image.resolvemode")
     return _source(
@@ -120,12 +124,23 @@ def local(
         ("local.excludepatterns", "source.local.excludepatterns", exclude),
     ):
         if values:
-            attributes[key] = json.dumps(list(values), separators=(",", ":"))
+            attributes[key] = _go_json(list(values))
             caps.add(cap)
     if shared_key_hint:
         attributes["local.sharedkeyhint"] = shared_key_hint
         caps.add("source.local.sharedkeyhint")
     return _source(f"local://{name}", attributes, caps, None, _step(step_name, False))
+
+
+# Characters Go's encoding/json escapes that Python's json.dumps (ensure_ascii=False) writes as is.
+_GO_JSON_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def _go_json(values: list[str]) -> str:
+    """``json.Marshal`` of a list of strings as Go writes it: UTF-8 kept, HTML characters escaped."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).translate(_GO_JSON_ESCAPES)
 
 
 def git(
@@ -140,7 +155,7 @@ def git(
     """A git repository at ``ref`` (branch, tag or commit); ``checksum`` pins the commit."""
     remote = url if "://" in url or _SCP_LIKE.match(url) else f"https://{url}"
     host, path, scheme = _parse_git_url(remote)
-    subdir = subdir.strip("/")
+    subdir = join("/", subdir)[1:]  # cleaned, relative: as Go's fragment "ref:subdir" is
     identifier = host + clean("/" + path)
     if ref or subdir:
         identifier += f"#{ref}"
@@ -201,8 +216,8 @@ def http(
         caps.add("source.http.checksum")
     if filename:
         attributes["http.filename"] = filename
-    if mode:
-        attributes["http.perm"] = f"0{mode:o}"
+    if mode & 0o777:  # llb.Chmod keeps the permission bits only
+        attributes["http.perm"] = f"0{mode & 0o777:o}"
         caps.add("source.http.perm")
     if uid:
         attributes["http.uid"] = str(uid)

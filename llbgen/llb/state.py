@@ -8,7 +8,6 @@ long the chain of steps that produced the state.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Union
 
@@ -20,6 +19,7 @@ from llbgen.llb.exec import ExecOp, Network, Security
 from llbgen.llb.graph import Output, ProgressGroup, StepOptions
 from llbgen.llb.location import caller
 from llbgen.llb.mounts import SSH, Mount, Secret
+from llbgen.llb.paths import join
 from llbgen.llb.platform import Platform
 
 if TYPE_CHECKING:
@@ -73,9 +73,13 @@ class State:
         return attrs.evolve(self, env=tuple(kv for kv in self.env if kv[0] != key))
 
     def with_dir(self, path: str) -> State:
-        """Working directory of later run steps; a relative path is below the current one."""
-        if not posixpath.isabs(path):
-            path = posixpath.join(self.dir or "/", path)
+        """Working directory of later steps; a relative path is below the current one.
+
+        As Go's ``llb.Dir``: a relative path is joined and cleaned (``build/`` is ``/src/build``,
+        ``..`` goes up), an absolute one is kept as written.
+        """
+        if not path.startswith("/"):
+            path = join(self.dir or "/", path)
         return attrs.evolve(self, dir=path)
 
     def with_user(self, user: str) -> State:
@@ -112,8 +116,13 @@ class State:
         return attrs.evolve(self, labels=labels)
 
     def with_output(self, output: Output | None) -> State:
-        """This state's values on another filesystem (how steps carry env, dir... forward)."""
-        return attrs.evolve(self, output=output)
+        """This state's values on another filesystem (how steps carry env, dir... forward).
+
+        An output that has a platform of its own (a source or a run step given one) sets it, as
+        Go's ``State.WithOutput`` does.
+        """
+        platform = output.vertex.output_platform() if output is not None else None
+        return attrs.evolve(self, output=output, platform=platform or self.platform)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -162,8 +171,10 @@ class State:
             step = step.with_network(network)
         if security is not None:
             step = step.with_security(security)
+        own_platform = None
         if platform is not None:
             step = step.with_platform(platform)
+            own_platform = step.platform
 
         binds: list[Mount] = [Mount("/", self, readonly=readonly_rootfs)]
         secrets: list[Secret] = []
@@ -194,6 +205,7 @@ class State:
             security=step.security,
             valid_exit_codes=codes,
             platform=step.platform,
+            own_platform=own_platform,
             mounts=tuple(binds),
             secrets=tuple(secrets),
             ssh=tuple(agents),
@@ -236,11 +248,21 @@ class ExecState:
 
     @property
     def root(self) -> State:
-        """The root filesystem after the command, with the values of the state it ran on."""
-        return self.mount("/")
+        """The root filesystem after the command, with the values of the state it ran on.
+
+        A run given its own ``platform=`` gives that platform to the root (Go's ``Root()``).
+        """
+        return self.state.with_output(self._output("/"))
 
     def mount(self, target: str) -> State:
-        """The contents of the mount at ``target`` after the command, as a state of its own."""
+        """The contents of the mount at ``target`` after the command, as a state of its own.
+
+        As Go's ``GetMount``, a new state: working directory ``/``, no env, user or other values
+        of the run's state; the platform of the run step if it was given one.
+        """
+        return State().with_output(self._output(target))
+
+    def _output(self, target: str) -> Output | None:
         for mount in self.op.mounts:
             if mount.target == target:
                 break
@@ -248,8 +270,8 @@ class ExecState:
             raise invalid(f"the run step has no mount at {target!r}")
         if mount.readonly:
             assert mount.source is not None
-            return self.state.with_output(mount.source.output)
+            return mount.source.output
         if not mount.has_output:
             kind = "cache" if mount.cache_id else "tmpfs"
             raise invalid(f"the {kind} mount at {target} has no output state to use")
-        return self.state.with_output(Output(self.op, self.op.output_index(target)))
+        return Output(self.op, self.op.output_index(target))
