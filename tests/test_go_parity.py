@@ -74,13 +74,16 @@ class Oracle:
 
 
 @pytest.fixture(scope="session")
-def oracle(request: pytest.FixtureRequest) -> Iterator[Oracle]:
-    """go-oracle, built once per version of its sources (cached in pytest's cache directory)."""
+def oracle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
+    """go-oracle, built once per version of its sources (cached in pytest's cache directory, or
+    for this session only when pytest runs without its cache: ``-p no:cacheprovider``)."""
     go = _go()
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((ORACLE / name).read_bytes())
-    binary = Path(request.config.cache.mkdir("go-oracle")) / f"go-oracle-{digest.hexdigest()[:16]}"
+    cache = getattr(request.config, "cache", None)
+    directory = Path(cache.mkdir("go-oracle")) if cache is not None else tmp_path_factory.mktemp("go-oracle")
+    binary = directory / f"go-oracle-{digest.hexdigest()[:16]}"
     if not binary.exists():
         built = subprocess.run(
             [go, "build", "-o", str(binary) + ".tmp", "."],
