@@ -18,7 +18,7 @@ from llbgen.llb.platform import Platform
 
 if TYPE_CHECKING:
     from llbgen.client.connection import TLSConfig
-    from llbgen.client.run import BuildOptions
+    from llbgen.client.options import BuildOptions
     from llbgen.config import Config
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ def tls_config(ns: argparse.Namespace) -> TLSConfig:
 
 def build_options(ns: argparse.Namespace, config: Config, **more: Any) -> BuildOptions:
     """The options :func:`add_build_flags` parsed into ``ns``, with ``more`` (outputs...)."""
-    from llbgen.client.run import BuildOptions
+    from llbgen.client.options import BuildOptions
 
     secrets, ssh = {}, {}
     if ns.secret:

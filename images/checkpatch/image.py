@@ -20,6 +20,9 @@ from pathlib import Path
 import llbgen
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
+# A tool image of Debian packages (perl, git) plus three files: its apt steps reach the network,
+# as a system-package image's may (llbgen lint).
+SYSTEM_PACKAGES = True
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["scripts/checkpatch.pl", "scripts/spelling.txt", "scripts/const_structs.checkpatch"]

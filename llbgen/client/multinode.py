@@ -23,7 +23,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +37,10 @@ from llbgen.client.registry import INDEX, Reference, Registry
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import control_pb2
-from llbgen.progress import Printer, StatusTracker
+from llbgen.progress import Printer, StatusTracker, open_printer
 
 if TYPE_CHECKING:
-    from llbgen.client.run import BuildOptions
+    from llbgen.client.options import BuildOptions
     from llbgen.project import Project
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -103,26 +103,33 @@ class _NodePrinter:
         pass
 
 
-def build_on_nodes(project: Project, options: BuildOptions, builder: buildx.Builder) -> dict[str, str]:
-    from llbgen.client.run import build, open_printer
+if TYPE_CHECKING:
+    #: ``llbgen.client.run.build``, passed in by it (a node's part is an ordinary build on that node).
+    BuildOnNode = Callable[[Project, BuildOptions, buildx.NodeConnection, Printer | None], dict[str, str]]
 
+
+def build_on_nodes(
+    project: Project, options: BuildOptions, builder: buildx.Builder, build: BuildOnNode
+) -> dict[str, str]:
+    """Each node builds its platforms (``build`` on its connection), the results put together."""
     buildx.boot(builder)
     connections = {n.name: buildx.NodeConnection(builder, n) for n in builder.nodes}
     try:
         if not options.platforms:
             first = builder.nodes[0]
-            return build(project, attrs.evolve(options, builder=None), connections.pop(first.name))
+            return build(project, attrs.evolve(options, builder=None), connections.pop(first.name), None)
         parts = assign(builder, options.platforms, connections)
         if len(parts) == 1:  # one node builds everything: an ordinary build there
-            return build(project, attrs.evolve(options, platforms=list(parts[0].platforms)), connections.pop(parts[0].node.name))
+            only = attrs.evolve(options, platforms=list(parts[0].platforms))
+            return build(project, only, connections.pop(parts[0].node.name), None)
         # Load the definitions here, once: the nodes' threads then only compile them.
         project.state(options.image, project.context(parts[0].platforms[0], options.args))
         with tempfile.TemporaryDirectory(prefix="llbgen-nodes-") as tmp:
             plans = [_plan(part, options.outputs, len(options.platforms), Path(tmp)) for part in parts]
-            printer = open_printer(options.progress)
+            printer = open_printer(options.progress, sys.stderr)
             lock = threading.Lock()
             try:
-                responses = _run_parts(project, options, parts, plans, connections, printer, lock)
+                responses = _run_parts(project, options, parts, plans, connections, printer, lock, build)
             finally:
                 printer.close()
             return _assemble(options.outputs, parts, plans, responses)
@@ -139,10 +146,9 @@ def _run_parts(
     connections: Mapping[str, buildx.NodeConnection],
     printer: Printer,
     lock: threading.Lock,
+    build: BuildOnNode,
 ) -> list[dict[str, str]]:
     """Every node's part at once; the first failure cancels the others (their connections close)."""
-    from llbgen.client.run import build
-
     failed = threading.Event()
     first_error: list[tuple[str, BaseException]] = []
 

@@ -22,13 +22,13 @@ from llbgen.client.build import (
 from llbgen.client import buildx
 from llbgen.client.connection import Connection, ConnectionError, TLSConfig
 from llbgen.client.imageconfig import image_config
+from llbgen.client.options import BuildOptions
 from llbgen.client.outputs import CacheOption, Output
-from llbgen.config import DaemonSettings
 from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.pb import ops_pb2
-from llbgen.progress import Printer, StatusTracker, failure_summary, make_printer
+from llbgen.progress import Printer, StatusTracker, failure_summary, open_printer
 from llbgen.project import Project
 from llbgen.session.auth import Auth
 from llbgen.session.core import Service
@@ -37,31 +37,6 @@ from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamT
 if TYPE_CHECKING:
     from llbgen.session.content import LocalCaches
     from llbgen.session.secrets import SecretSource
-
-
-@attrs.frozen(kw_only=True)
-class BuildOptions:
-    """What to build and where: ``llbgen build``'s options (``llbgen test`` runs its checks with them)."""
-
-    image: str
-    #: None: the image's platform for the daemon's (see ImageDefinition.default_platform).
-    platforms: Sequence[Platform] | None = None
-    args: Mapping[str, str] = attrs.field(factory=dict)
-    outputs: Sequence[Output] = ()
-    cache_to: Sequence[CacheOption] = ()
-    cache_from: Sequence[CacheOption] = ()
-    no_cache: bool = False
-    progress: str = "auto"
-    secrets: Mapping[str, SecretSource] = attrs.field(factory=dict)
-    ssh: Mapping[str, Path] = attrs.field(factory=dict)
-    locals: Mapping[str, Path] = attrs.field(factory=dict)
-    allow: Sequence[str] = ()
-    #: The daemon: ``address``, else ``$BUILDKIT_HOST``, else llbgen's own, started with ``daemon``.
-    address: str | None = None
-    tls: TLSConfig = TLSConfig()
-    daemon: DaemonSettings = DaemonSettings()
-    #: A buildx builder by name (``--builder``); see :func:`connect` for the precedence.
-    builder: str | None = None
 
 
 def connect(options: BuildOptions) -> Connection:
@@ -103,7 +78,7 @@ def build(
         if choice.builder is not None and len(choice.builder.nodes) > 1:
             from llbgen.client.multinode import build_on_nodes
 
-            return build_on_nodes(project, options, choice.builder)
+            return build_on_nodes(project, options, choice.builder, build)
         connection = _connect(choice, options)
     try:
         probed = connection.start_probe()
@@ -133,7 +108,7 @@ def build(
         # The failure summary (below) shows the failed step's log, so the printer does not.
         own_printer = printer is None
         if printer is None:
-            printer = open_printer(options.progress)
+            printer = open_printer(options.progress, sys.stderr)
         try:
             response = run_build(connection, request, services, printer.update)
         except BuildFailed as exc:
@@ -169,13 +144,6 @@ def _services(options: BuildOptions, dirs: Mapping[str, Path], caches: LocalCach
     if content is not None:
         services.append(content)
     return services
-
-
-def open_printer(progress: str) -> Printer:
-    try:
-        return make_printer(progress, sys.stderr, error_logs=False)
-    except ValueError as exc:
-        raise UsageError(f"--progress {progress}: {exc}") from None
 
 
 def _local_caches(options: BuildOptions) -> tuple[LocalCaches | None, list[CacheOption]]:

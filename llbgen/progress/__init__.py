@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from llbgen.llb.errors import UsageError
 from llbgen.pb import control_pb2
 from llbgen.progress.plain import PlainPrinter
 from llbgen.progress.rawjson import RawJSONPrinter
@@ -76,6 +77,15 @@ def is_terminal(stream: TextIO) -> bool:
     except (AttributeError, ValueError):
         return False
     return bool(tty) and os.environ.get("TERM", "") != "dumb"
+
+
+def open_printer(progress: str, stream: TextIO) -> Printer:
+    """The printer of a build's ``--progress``, without the logs of failed steps (the build's failure
+    summary shows them); an unknown or impossible mode is a usage error."""
+    try:
+        return make_printer(progress, stream, error_logs=False)
+    except ValueError as exc:
+        raise UsageError(f"--progress {progress}: {exc}") from None
 
 
 def make_printer(

@@ -18,7 +18,8 @@ import attrs
 from llbgen.client.connection import TLSConfig
 from llbgen.config import DaemonSettings
 from llbgen.client.outputs import Output
-from llbgen.client.run import BuildOptions, build
+from llbgen.client.options import BuildOptions
+from llbgen.client.run import build
 from llbgen.llb.errors import LLBGenError
 from llbgen.project import Project
 from llbgen.release.inputs import platforms_of

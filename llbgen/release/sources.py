@@ -26,7 +26,8 @@ from llbgen.client.connection import TLSConfig
 from llbgen.config import Config, DaemonSettings
 from llbgen.flags import tls_config
 from llbgen.client.outputs import Output
-from llbgen.client.run import BuildOptions, build
+from llbgen.client.options import BuildOptions
+from llbgen.client.run import build
 from llbgen.llb.errors import LLBGenError, UsageError
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State

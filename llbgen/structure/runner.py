@@ -17,7 +17,8 @@ import attrs
 
 from llbgen.client.imageconfig import image_config
 from llbgen.client.outputs import Output
-from llbgen.client.run import BuildOptions, build
+from llbgen.client.options import BuildOptions
+from llbgen.client.run import build
 from llbgen.llb.errors import DefinitionError, LLBGenError, UsageError
 from llbgen.llb.location import Location
 from llbgen.llb.platform import Platform
