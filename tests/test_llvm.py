@@ -35,6 +35,8 @@ AMD64, ARM64 = Platform.parse("linux/amd64"), Platform.parse("linux/arm64")
 PLATFORMS = [AMD64, ARM64]
 #: How long the configure stage may take here cold (measured: about 10 minutes).
 CONFIGURE_TIMEOUT = 45 * 60
+#: How long STAGE=mc may take on top of a cached configure stage (measured cold: 7.2 minutes, 376 ninja steps).
+MC_TIMEOUT = 45 * 60
 # sha256 of LLVM's llvm-project-19.1.7.src.tar.xz as another packager pins the same release tarball,
 # not read from images/llvm: Homebrew's Formula/l/llvm@19.rb (Homebrew/homebrew-core, as its fork
 # zalt50/homebrew-core holds it at commit 1b457a061683c02864dc08a9dfc4381a34fbfea4; url is the same
@@ -88,7 +90,7 @@ def cmake_options(op: ops_pb2.Op) -> set[str]:
 # -- the graph -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["image", "configure"])
+@pytest.mark.parametrize("stage", ["image", "configure", "mc"])
 @pytest.mark.parametrize("target", PLATFORMS, ids=str)
 def test_graph_marshals_and_everything_runs_on_the_build_platform(
     fake_project: Project, target: Platform, stage: str
@@ -96,7 +98,7 @@ def test_graph_marshals_and_everything_runs_on_the_build_platform(
     definition = graph(fake_project, target, STAGE=stage)
     steps = runs(definition)
     assert {"native", "configure"} <= set(steps)
-    assert ("compile" in steps) == (stage == "image")
+    assert ("compile" in steps) == (stage != "configure")
     # every step runs on linux/amd64: arm64 is cross-compiled there, nothing runs under QEMU
     for op in ops(definition):
         if op.WhichOneof("op") == "exec":
@@ -124,7 +126,7 @@ def test_graph_marshals_and_everything_runs_on_the_build_platform(
         assert not any(o.startswith(("-DCMAKE_SYSTEM_NAME", "-DLLVM_HOST_TRIPLE")) for o in configure)
 
     # the native tablegens and the compile share one ccache directory per build platform, locked
-    for name in ("native", "compile") if stage == "image" else ("native",):
+    for name in ("native", "compile") if stage != "configure" else ("native",):
         [mount] = [m for m in steps[name].exec.mounts if m.mountType == ops_pb2.CACHE]
         assert (mount.dest, mount.cacheOpt.ID, mount.cacheOpt.sharing) == (
             "/ccache", "llvm-ccache-linux_amd64", ops_pb2.LOCKED
@@ -142,6 +144,20 @@ def test_native_tablegens_are_one_step_for_both_targets_and_configure_is_a_prefi
         # CI's stage is the full build's own steps (same digests), so its cache carries over
         assert set(configure.digests[:-2]) <= set(full.digests)
         assert runs(configure)["configure"] == runs(full)["configure"]
+
+
+def test_mc_stage_shares_the_configure_and_compiles_llvm_mc_alone(fake_project: Project) -> None:
+    configure = graph(fake_project, AMD64, STAGE="configure")
+    mc, full = graph(fake_project, AMD64, STAGE="mc"), graph(fake_project, AMD64)
+    # the configure stage's steps are the mc stage's own (same digests): CI's configure cache carries over
+    assert set(configure.digests[:-2]) <= set(mc.digests)
+    assert runs(mc)["configure"] == runs(full)["configure"]
+    compile_mc, compile_full = runs(mc)["compile"], runs(full)["compile"]
+    env = dict(e.split("=", 1) for e in compile_mc.exec.meta.env)
+    assert env["TOOLS"] == "llvm-mc"
+    # the same script and mounts as the full compile: only the tools differ
+    assert list(compile_mc.exec.meta.args) == list(compile_full.exec.meta.args)
+    assert compile_mc.exec.mounts == compile_full.exec.mounts
 
 
 @pytest.mark.parametrize("source", ["debian", "upstream"])
@@ -184,7 +200,7 @@ def test_the_compilers_image_can_be_a_pinned_digest(fake_project: Project) -> No
 @pytest.mark.parametrize(
     "args, message",
     [
-        ({"STAGE": "link"}, "STAGE=link: expected one of image, configure"),
+        ({"STAGE": "link"}, "STAGE=link: expected one of image, configure, mc"),
         ({"SOURCE": "git"}, "SOURCE=git: expected one of debian, upstream"),
         ({"SOURCE": "upstream", "LLVM_VERSION": "19.1.8", "LLVM_ORIG_SHA256": "0" * 64},
          "SOURCE=upstream needs --arg LLVM_TARBALL_SHA256="),
@@ -444,6 +460,47 @@ def test_the_bpf_only_check_fails_on_debians_multi_target_llc(project: Cli) -> N
     assert re.search(r"^FAIL +linux/amd64 +command +llc lists the BPF targets and no other$", report, re.M), report
     assert "found in line '    aarch64     - AArch64 (little endian)'" in report
     assert re.search(r"^PASS +linux/amd64 +command +llc --version is 19\.1\.7$", report, re.M), report
+    assert "1 passed, 1 failed" in report
+
+
+# The llvm image's tests.py, replaced (in the test's copy of the project) by the image's own
+# BPF-only check aimed at llvm-mc, and a wrong expectation on the same binary that must fail.
+MC_TESTS = """\
+import importlib.util
+from pathlib import Path
+
+from llbgen.structure import CommandTest
+
+spec = importlib.util.spec_from_file_location("llvm_checks", Path(__file__).parent / "checks.py")
+llvm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(llvm)
+
+TESTS = [
+    llvm.only_bpf_targets(("llvm-mc", "--version"), name="llvm-mc lists the BPF targets and no other"),
+    CommandTest("llvm-mc lists x86-64 (wrong)", ["llvm-mc", "--version"], expected_output=r"^ +x86-64 +- "),
+]
+"""
+
+
+@pytest.mark.buildkit
+def test_the_bpf_only_check_passes_on_a_bpf_only_llvm_mc(project: Cli) -> None:
+    """The llvm image's own BPF-only check, run by ``llbgen test`` on a real BPF-only binary: llvm-mc
+    of ``--arg STAGE=mc`` (the llvm image's configure, then llvm-mc alone: ``llc`` is too long for CI),
+    which prints the "Registered Targets" list through the same LLVM function as llc."""
+    llvm_dir = project.cwd / "images" / "llvm"
+    (llvm_dir / "tests.py").rename(llvm_dir / "checks.py")
+    (llvm_dir / "tests.py").write_text(MC_TESTS)
+    start = time.monotonic()
+    result = llbgen(
+        project, "test", "llvm", "--platform", "linux/amd64", "--arg", "STAGE=mc", "-v", "--progress", "plain",
+        timeout=MC_TIMEOUT,
+    )  # fmt: skip
+    print(f"STAGE=mc for linux/amd64 and its tests: {time.monotonic() - start:.0f} s")
+    report = result.stdout
+    assert result.returncode == 1, report + result.stderr[-6000:]
+    assert re.search(r"^PASS +linux/amd64 +command +llvm-mc lists the BPF targets and no other$", report, re.M), report
+    assert re.search(r"^FAIL +linux/amd64 +command +llvm-mc lists x86-64 \(wrong\)$", report, re.M), report
+    assert r"expected /^ +x86-64 +- / not found" in report
     assert "1 passed, 1 failed" in report
 
 

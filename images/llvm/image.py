@@ -11,10 +11,14 @@ against the pinned sha256. Everything is built on the build platform, whatever t
 4. the four binaries in ``scratch``.
 
 Build args:
-  STAGE=image (default) | configure    configure: stop after (1) and (2), and return their
+  STAGE=image (default) | configure | mc
+                                        configure: stop after (1) and (2), and return their
                                         results: /native (the tablegens, their --version, the
                                         native CMakeCache.txt) and /target (the target's
                                         CMakeCache.txt, the tablegens its build would run)
+                                        mc: (1), (2), then (3) for llvm-mc alone (a fifth of
+                                        llc's compiles; it prints the same "Registered Targets"
+                                        list), alone in scratch: a real BPF-only binary for CI
   LLVM_VERSION, LLVM_ORIG_SHA256        move the pin (see PINS below)
   SOURCE=debian (default) | upstream    upstream: LLVM's release tarball over https, checked by
                                         sha256 (LLVM_TARBALL_SHA256), for builds outside this network
@@ -50,7 +54,7 @@ LLVM_URL = "https://github.com/llvm/llvm-project/releases/download/llvmorg-{vers
 LLVM_TARBALL_SHA256 = "82401fea7b79d0078043f7598b835284d6650a75b93e64b6f761ea7b63097501"
 SOURCES = ("debian", "upstream")
 
-STAGES = ("image", "configure")
+STAGES = ("image", "configure", "mc")
 
 # What the build reads from the monorepo (llvm/, clang/, the shared cmake modules and third-party
 # headers); the rest (lldb, mlir, libc++...) stays packed.
@@ -300,6 +304,9 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
             name=f"the configured LLVM trees for {arch}",
         )
 
+    # STAGE=mc runs the same compile script on the same configured tree, for llvm-mc only (its
+    # llvm-strip symlink dangles there, and is not copied).
+    tools_built = ["llvm-mc"] if stage == "mc" else TOOLS
     binaries = tools.run(
         ["sh", "-c", COMPILE, "compile", _jobs(ctx), tc.cross_compile],
         mounts=[
@@ -310,16 +317,21 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
             llbgen.tmpfs("/build"),
             llbgen.bind("/out", llbgen.scratch()),
         ],
-        env={**CCACHE_ENV, "TOOLS": " ".join(TOOLS)},
+        env={**CCACHE_ENV, "TOOLS": " ".join(tools_built)},
         network="none",
-        name=f"build clang, llc and llvm-objcopy for {arch}",
+        name=f"build llvm-mc for {arch}" if stage == "mc" else f"build clang, llc and llvm-objcopy for {arch}",
     ).mount("/out")
 
+    installed, what = (
+        ("/usr/local/bin/llvm-mc", "llvm-mc")
+        if stage == "mc"
+        else ("/usr/local/bin", "clang, llc, llvm-objcopy and llvm-strip")
+    )
     return (
         llbgen.scratch()
         .file(
-            llbgen.copy(binaries, "/usr/local/bin", "/usr/local/bin", create_dest_path=True),
-            name="clang, llc, llvm-objcopy and llvm-strip alone in the image",
+            llbgen.copy(binaries, installed, installed, create_dest_path=True),
+            name=f"{what} alone in the image",
         )
         .with_env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .with_label("org.opencontainers.image.title", "llvm")
