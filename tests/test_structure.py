@@ -501,7 +501,7 @@ def test_hello_tests_pass_on_both_platforms(project: Cli) -> None:
     assert result.code == 0, result.text + result.stderr
     found = statuses(result.text)
     assert {platform for _, platform in found} == {"linux/amd64", "linux/arm64"}
-    assert set(found.values()) == {"PASS"} and len(found) == 14
+    assert set(found.values()) == {"PASS"} and len(found) == 18  # tests.py and test/spec.yaml
     assert "| built on aarch64, running on aarch64" in result.text
     assert "| built on x86_64, running on x86_64" in result.text
 
