@@ -46,6 +46,17 @@ class ContentStores:
         raise invalid(f"request lacks metadata {STORE_ID_HEADER!r}")
 
 
+@contextlib.contextmanager
+def _store_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    """A store's error, or the file system's, ends the call with its gRPC status and message."""
+    try:
+        yield
+    except ContentError as exc:
+        _abort(context, exc)
+    except OSError as exc:
+        _abort(context, _os_error(exc))
+
+
 def _abort(context: grpc.ServicerContext, exc: ContentError) -> NoReturn:
     context.abort(exc.code, exc.message)
     raise AssertionError("unreachable")  # context.abort raises
@@ -67,28 +78,20 @@ class _ContentServicer(content_pb2_grpc.ContentServicer):
 
     def Info(self, request: content_pb2.InfoRequest, context: grpc.ServicerContext) -> content_pb2.InfoResponse:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             return content_pb2.InfoResponse(info=store.info(request.digest).to_pb())
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
     def Update(self, request: content_pb2.UpdateRequest, context: grpc.ServicerContext) -> content_pb2.UpdateResponse:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             info = store.update(request.info.digest, dict(request.info.labels), list(request.update_mask.paths))
             return content_pb2.UpdateResponse(info=info.to_pb())
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
     def List(
         self, request: content_pb2.ListContentRequest, context: grpc.ServicerContext
     ) -> Iterator[content_pb2.ListContentResponse]:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             block: list[content_pb2.Info] = []
             for info in store.walk(list(request.filters)):
                 block.append(info.to_pb())
@@ -97,74 +100,46 @@ class _ContentServicer(content_pb2_grpc.ContentServicer):
                     block = []
             if block:
                 yield content_pb2.ListContentResponse(info=block)
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
     def Delete(self, request: content_pb2.DeleteContentRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             store.delete(request.digest)
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
         return empty_pb2.Empty()
 
     def Read(
         self, request: content_pb2.ReadContentRequest, context: grpc.ServicerContext
     ) -> Iterator[content_pb2.ReadContentResponse]:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             for offset, data in store.read(request.digest, request.offset, request.size):
                 yield content_pb2.ReadContentResponse(offset=offset, data=data)
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
     def Status(self, request: content_pb2.StatusRequest, context: grpc.ServicerContext) -> content_pb2.StatusResponse:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             return content_pb2.StatusResponse(status=store.status(request.ref).to_pb())
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
     def ListStatuses(
         self, request: content_pb2.ListStatusesRequest, context: grpc.ServicerContext
     ) -> content_pb2.ListStatusesResponse:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             statuses = store.list_statuses(list(request.filters))
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
         return content_pb2.ListStatusesResponse(statuses=[s.to_pb() for s in statuses])
 
     def Abort(self, request: content_pb2.AbortRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             store.abort(request.ref)
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
         return empty_pb2.Empty()
 
     def Write(
         self, request_iterator: Iterator[content_pb2.WriteContentRequest], context: grpc.ServicerContext
     ) -> Iterator[content_pb2.WriteContentResponse]:
         store = self._store(context)
-        try:
+        with _store_errors(context):
             yield from _write(store, request_iterator)
-        except ContentError as exc:
-            _abort(context, exc)
-        except OSError as exc:
-            _abort(context, _os_error(exc))
 
 
 def _write(
