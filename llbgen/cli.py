@@ -90,6 +90,14 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--cache-from", action="append", default=[], metavar="SPEC", help="type=registry,ref=REF | type=local,src=DIR"
     )
+    build.add_argument(
+        "--cache-mounts-to", metavar="REF[,ids=ID,...][,max-size=SIZE]",
+        help="after the build, push its cache mounts (all, or the ids named) to the image REF, one layer per id",
+    )
+    build.add_argument(
+        "--cache-mounts-from", metavar="REF[,ids=ID,...]",
+        help="before the build, fill its empty cache mounts from the image REF (a missing REF is a warning)",
+    )
     build.add_argument("--metadata-file", type=Path, help="write the build result (image digest...) as JSON to this file")
 
     test = commands.add_parser(
@@ -166,6 +174,7 @@ def _llb(project: Project, ns: argparse.Namespace) -> int:
 
 
 def _build(project: Project, ns: argparse.Namespace, config: configuration.Config) -> int:
+    from llbgen.client.cachemountspec import CacheMountsRef
     from llbgen.client.outputs import CacheOption, Output
     from llbgen.client.run import build
 
@@ -175,6 +184,8 @@ def _build(project: Project, ns: argparse.Namespace, config: configuration.Confi
         outputs=[Output.parse(o) for o in ns.output],
         cache_to=[CacheOption.parse(c, "--cache-to") for c in ns.cache_to],
         cache_from=[CacheOption.parse(c, "--cache-from") for c in ns.cache_from],
+        cache_mounts_to=CacheMountsRef.parse(ns.cache_mounts_to, "--cache-mounts-to") if ns.cache_mounts_to else None,
+        cache_mounts_from=CacheMountsRef.parse(ns.cache_mounts_from, "--cache-mounts-from") if ns.cache_mounts_from else None,
     )
     response = build(project, options)
     if ns.metadata_file is not None:

@@ -153,7 +153,12 @@ def _run_parts(
     first_error: list[tuple[str, BaseException]] = []
 
     def one(part: Part, outputs: Sequence[Output]) -> dict[str, str]:
-        node_options = attrs.evolve(options, platforms=list(part.platforms), outputs=list(outputs), builder=None)
+        node_options = attrs.evolve(
+            options, platforms=list(part.platforms), outputs=list(outputs), builder=None,
+            # each node its own cache mounts: <tag>-<its platform>
+            cache_mounts_from=options.cache_mounts_from and options.cache_mounts_from.for_node(part.platforms[0]),
+            cache_mounts_to=options.cache_mounts_to and options.cache_mounts_to.for_node(part.platforms[0]),
+        )  # fmt: skip
         try:
             return build(
                 project, node_options, connections[part.node.name], _NodePrinter(printer, part.node.name, lock)

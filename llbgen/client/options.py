@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from llbgen.client.cachemountspec import CacheMountsRef
 from llbgen.client.connection import TLSConfig
 from llbgen.client.outputs import CacheOption, Output
 from llbgen.config import DaemonSettings
@@ -30,6 +31,10 @@ class BuildOptions:
     cache_to: Sequence[CacheOption] = ()
     cache_from: Sequence[CacheOption] = ()
     no_cache: bool = False
+    #: ``--cache-mounts-from``: seeds the build's empty cache mounts before it (llbgen.client.cachemounts).
+    cache_mounts_from: CacheMountsRef | None = None
+    #: ``--cache-mounts-to``: pushes the build's cache mounts after it.
+    cache_mounts_to: CacheMountsRef | None = None
     progress: str = "auto"
     secrets: Mapping[str, SecretSource] = attrs.field(factory=dict)
     ssh: Mapping[str, Path] = attrs.field(factory=dict)

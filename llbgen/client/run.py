@@ -35,6 +35,7 @@ from llbgen.session.core import Service
 from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamTarget
 
 if TYPE_CHECKING:
+    from llbgen.llb.state import State
     from llbgen.session.content import LocalCaches
     from llbgen.session.secrets import SecretSource
 
@@ -105,12 +106,17 @@ def build(
             shared_key=project.local_unique_id,
         )
         services = _services(options, dirs, caches)
+        seed, export = _cache_mount_steps(options, targets, native, project.local_unique_id)
         # The failure summary (below) shows the failed step's log, so the printer does not.
         own_printer = printer is None
         if printer is None:
             printer = open_printer(options.progress, sys.stderr)
         try:
+            if seed is not None:
+                _side_build(connection, seed, (), options, dirs, printer, "--cache-mounts-from")
             response = run_build(connection, request, services, printer.update)
+            if export is not None:
+                response.update(_export_cache_mounts(connection, export, options, dirs, printer))
         except BuildFailed as exc:
             if own_printer:
                 printer.close()
@@ -125,6 +131,73 @@ def build(
         return response
     finally:
         connection.close()
+
+
+def _cache_mount_steps(
+    options: BuildOptions, targets: Sequence[Target], native: Platform, local_unique_id: str
+) -> tuple[Target | None, Target | None]:
+    """The seed and export graphs of ``--cache-mounts-from``/``--cache-mounts-to`` (None: none)."""
+    if options.cache_mounts_from is None and options.cache_mounts_to is None:
+        return None, None
+    from llbgen.client import cachemounts
+
+    uses = cachemounts.find_cache_mounts([t.definition for t in targets])
+    if not uses:
+        print("llbgen: warning: the build has no cache mounts: nothing to seed or export", file=sys.stderr)
+        return None, None
+
+    def target(state: State, first: cachemounts.CacheMountUse) -> Target:
+        platform = first.platform or native
+        return Target(platform, marshal(state, platform=platform, local_unique_id=local_unique_id), image_config(state, platform))
+
+    seed = export = None
+    if options.cache_mounts_to is not None:
+        spec = options.cache_mounts_to
+        chosen = cachemounts.select(uses, spec, "--cache-mounts-to")
+        export = target(cachemounts.export_state(chosen, spec.max_size), chosen[0])
+    if options.cache_mounts_from is not None:
+        chosen = cachemounts.select(uses, options.cache_mounts_from, "--cache-mounts-from")
+        pinned = cachemounts.resolve_seed(options.cache_mounts_from)
+        if pinned is not None:
+            seed = target(cachemounts.seed_state(chosen, pinned), chosen[0])
+    return seed, export
+
+
+def _export_cache_mounts(
+    connection: Connection, export: Target, options: BuildOptions, dirs: Mapping[str, Path], printer: Printer
+) -> dict[str, str]:
+    assert options.cache_mounts_to is not None
+    ref = options.cache_mounts_to.ref
+    pushed = _side_build(connection, export, [Output("image", {"name": ref, "push": "true"})], options, dirs, printer, "--cache-mounts-to")
+    digest = pushed.get("containerimage.digest", "")
+    print(f"llbgen: cache mounts pushed to {ref}@{digest}", file=sys.stderr)
+    return {"llbgen.cache-mounts.digest": digest, "llbgen.cache-mounts.name": ref}
+
+
+def _side_build(
+    connection: Connection,
+    target: Target,
+    outputs: Sequence[Output],
+    options: BuildOptions,
+    dirs: Mapping[str, Path],
+    printer: Printer,
+    flag: str,
+) -> dict[str, str]:
+    """A build of its own on the build's connection, for its cache mounts; a failure is one line."""
+    request = BuildRequest(
+        targets=[target],
+        outputs=outputs,
+        entitlements=sorted(set(options.allow) | entitlements_used([target.definition])),
+        frontend_attrs={"platform": str(target.platform)},
+    )
+    try:
+        return run_build(connection, request, _services(attrs.evolve(options, outputs=()), dirs, None), printer.update)
+    except BuildFailed as exc:
+        failed = [v for v in printer.tracker.failed() if not v.canceled]
+        said = [line for v in failed for line in v.tail(5) if line.startswith(("llbgen:", "sh:", "/bin/sh:"))]
+        reason = said[-1] if said else (failed[-1].error if failed else str(exc)).splitlines()[0]
+        hint = "" if said else " (the copy steps run sh and cp in the root filesystem of a step that uses the mount)"
+        raise LLBGenError(f"{flag}: {reason}{hint}") from None
 
 
 def _services(options: BuildOptions, dirs: Mapping[str, Path], caches: LocalCaches | None) -> list[Service]:

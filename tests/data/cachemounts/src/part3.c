@@ -1,0 +1,1 @@
+int part3(int x) { return x * 3 + 3; }

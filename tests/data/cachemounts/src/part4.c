@@ -1,0 +1,1 @@
+int part4(int x) { return x * 4 + 4; }
