@@ -6,6 +6,12 @@ its tag, to the registries that lack it (every registry for ``-dev``/``-wip`` ta
 platforms. The push is ``llbgen build``'s own path on the same graph, so it takes every step from
 the cache the tests just filled. ``SOURCE_DATE_EPOCH`` is the last commit of the image's inputs and
 file timestamps are rewritten to it, so that the same definition gives the same digests anywhere.
+
+An image that declares ``CACHE_MOUNTS`` in its ``image.py`` (cache mount ids or patterns, e.g.
+``CACHE_MOUNTS = ("llvm-ccache-*",)``) has those cache mounts travel through the first registry:
+seeded from ``<registry>/<name>-cache-mounts:latest`` before the first build (the tests' or the
+push's), and pushed there after the push (see :mod:`llbgen.client.cachemounts`), so that a CI
+runner that starts empty compiles only what changed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from llbgen.client.cachemountspec import CacheMountsRef
 from llbgen.client.connection import TLSConfig
 from llbgen.config import DaemonSettings
 from llbgen.client.outputs import Output
@@ -57,16 +64,41 @@ def image_output(refs: Sequence[str]) -> Output:
     return Output("image", {"name": ",".join(refs), "push": "true", "rewrite-timestamp": "true"})
 
 
+def cache_mounts(plan: ImagePlan) -> CacheMountsRef | None:
+    """Where the image's declared cache mounts (``CACHE_MOUNTS``) travel, or None."""
+    declared = getattr(plan.inputs.module, "CACHE_MOUNTS", None)
+    if declared is None:
+        return None
+    if not isinstance(declared, (tuple, list)) or not all(isinstance(i, str) and i for i in declared):
+        raise LLBGenError(
+            f"images/{plan.name}/image.py: CACHE_MOUNTS must be a tuple of cache mount ids or patterns, e.g. (\"ccache-*\",)"
+        )
+    if not declared or not plan.present:
+        return None
+    registry = next(iter(plan.present)).rstrip("/")
+    return CacheMountsRef(f"{registry}/{plan.name}-cache-mounts:latest", tuple(declared))
+
+
 def publish_one(project: Project, plan: ImagePlan, settings: Settings) -> Outcome:
     if not plan.build:
         return Outcome(plan.name, plan.tag, "skipped", plan.reason)
     refs = [plan.ref(r) for r in plan.push_to]
     if settings.dry_run:
-        return Outcome(plan.name, plan.tag, "would build", f"{plan.reason}; push to {', '.join(refs)}")
+        mounts = cache_mounts(plan)
+        travel = f"; cache mounts {', '.join(mounts.ids)} from and to {mounts.ref}" if mounts else ""
+        return Outcome(plan.name, plan.tag, "would build", f"{plan.reason}; push to {', '.join(refs)}{travel}")
     platforms = list(platforms_of(project.definition(plan.name)))
     args = {"SOURCE_DATE_EPOCH": plan.epoch}
     try:
+        mounts = cache_mounts(plan)
+        seed = mounts  # seeds the first build only: the later ones find the mounts filled
         if (project.definition(plan.name).path.parent / TESTS_FILE).is_file():
+            if mounts is not None:
+                build(project, BuildOptions(
+                    image=plan.name, platforms=platforms, args=args, progress=settings.progress,
+                    address=settings.address, tls=settings.tls, daemon=settings.daemon, cache_mounts_from=mounts,
+                ))  # fmt: skip
+                seed = None
             print(f"llbgen: {plan.name}: structure tests on {', '.join(map(str, platforms))}", file=sys.stderr)
             results = run_tests(
                 project,
@@ -89,7 +121,7 @@ def publish_one(project: Project, plan: ImagePlan, settings: Settings) -> Outcom
             BuildOptions(
                 image=plan.name, platforms=platforms, args=args, outputs=[image_output(refs)],
                 progress=settings.progress, address=settings.address, tls=settings.tls,
-                daemon=settings.daemon,
+                daemon=settings.daemon, cache_mounts_from=seed, cache_mounts_to=mounts,
             ),
         )  # fmt: skip
     except LLBGenError as exc:
