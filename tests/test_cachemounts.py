@@ -329,3 +329,75 @@ def test_publish_carries_the_declared_cache_mounts_to_a_new_daemon(tmp_path: Pat
     assert f"llbgen: cache mount counter-{token}: seeded" in again.stderr
     # the new daemon counted on from the seed (a cold one would have written 1 again)
     assert _file_in_layer(cache_ref, f"counter-{token}/n") == "2\n"
+
+
+@pytest.mark.buildkit
+def test_each_node_of_a_builder_keeps_its_own_cache_mounts(tmp_path: Path, stack: dict[str, str]) -> None:
+    multi = stack.get("LLBGEN_BUILDX_MULTINODE")
+    if multi is None or shutil.which("docker") is None:
+        pytest.fail("the stack has no multi-node buildx builder: run scripts/stack-up")
+    token = uuid.uuid4().hex[:12]
+    image = tmp_path / "images" / "counter" / "image.py"
+    image.parent.mkdir(parents=True)
+    image.write_text(COUNTER.format(token=token).replace('("linux/amd64",)', '("linux/amd64", "linux/arm64")'))
+    env = {k: v for k, v in os.environ.items() if k not in ("BUILDKIT_HOST", "BUILDX_BUILDER")}
+    env["LLBGEN_CONFIG"] = stack["LLBGEN_CONFIG"]
+    ref = f"{stack['LLBGEN_REGISTRY']}/llbgen-test-{uuid.uuid4().hex[:12]}/counter-cache:main"
+    common = ["--images", str(tmp_path / "images"), "build", "counter", "--builder", multi,
+              "--platform", "linux/amd64,linux/arm64", "--progress", "plain"]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "llbgen", *common, "--cache-mounts-to", ref], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for arch in ("amd64", "arm64"):
+        assert _file_in_layer(f"{ref}-linux-{arch}", f"counter-{token}/n") == "1\n"
+    # the next build finds each node's image (its own cache is there: kept as it is)
+    again = subprocess.run(
+        [sys.executable, "-m", "llbgen", *common, "--cache-mounts-from", ref], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "warning" not in again.stderr
+    assert again.stderr.count(f"llbgen: cache mount counter-{token}: not empty, kept as it is") == 2
+
+
+NO_SH = """
+import llbgen
+
+def build(ctx):
+    base = ctx.base_image("debian:trixie")
+    if ctx.arg("NO_SH"):
+        base = base.run(["rm", "/bin/sh"]).root
+    return base.run(["/bin/bash", "-c", "head -c 20000 /dev/zero > /c/x # {token}"], mounts=[llbgen.cache("/c", "c-{token}")]).root
+"""
+
+
+@pytest.mark.buildkit
+def test_copy_step_failures_are_one_line(tmp_path: Path, stack: dict[str, str]) -> None:
+    token = uuid.uuid4().hex[:12]
+    image = tmp_path / "images" / "nosh" / "image.py"
+    image.parent.mkdir(parents=True)
+    image.write_text(NO_SH.format(token=token))
+    env = dict(os.environ, LLBGEN_CONFIG=stack["LLBGEN_CONFIG"], BUILDKIT_HOST=stack["BUILDKIT_HOST"])
+    ref = f"{stack['LLBGEN_REGISTRY']}/llbgen-test-{token}/nosh:t"
+
+    def build(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llbgen", "--images", str(tmp_path / "images"), "build", "nosh", "--progress", "plain", *extra],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    def error(run: subprocess.CompletedProcess[str]) -> str:
+        assert run.returncode == 1, run.stderr[-3000:]
+        return run.stderr.splitlines()[-1]
+
+    assert re.fullmatch(
+        rf"llbgen: error: --cache-mounts-to: cache mount c-{token} holds (2[0-9]) KiB, over max-size \(8 KiB\): not exported",
+        error(build("--cache-mounts-to", f"{ref},max-size=8K")),
+    )
+    assert error(build("--cache-mounts-to", ref, "--arg", "NO_SH=1")) == (
+        f"llbgen: error: --cache-mounts-to: export cache mount c-{token}: the root filesystem of the build step "
+        "that uses the cache mount has no sh (the copy runs sh, cp and du there)"
+    )
+    assert error(build("--cache-mounts-to", f"{ref},ids=nope")) == (
+        f"llbgen: error: --cache-mounts-to: the build uses no cache mount 'nope' (its cache mounts: c-{token})"
+    )

@@ -139,6 +139,11 @@ def _cache_mount_steps(
     """The seed and export graphs of ``--cache-mounts-from``/``--cache-mounts-to`` (None: none)."""
     if options.cache_mounts_from is None and options.cache_mounts_to is None:
         return None, None
+    if options.no_cache:
+        raise UsageError(
+            "--no-cache gives every step empty cache mounts (BuildKit's rule): there is nothing to seed or "
+            "export; drop --no-cache or --cache-mounts-from/--cache-mounts-to"
+        )
     from llbgen.client import cachemounts
 
     uses = cachemounts.find_cache_mounts([t.definition for t in targets])
@@ -193,11 +198,25 @@ def _side_build(
     try:
         return run_build(connection, request, _services(attrs.evolve(options, outputs=()), dirs, None), printer.update)
     except BuildFailed as exc:
-        failed = [v for v in printer.tracker.failed() if not v.canceled]
-        said = [line for v in failed for line in v.tail(5) if line.startswith(("llbgen:", "sh:", "/bin/sh:"))]
-        reason = said[-1] if said else (failed[-1].error if failed else str(exc)).splitlines()[0]
-        hint = "" if said else " (the copy steps run sh and cp in the root filesystem of a step that uses the mount)"
-        raise LLBGenError(f"{flag}: {reason}{hint}") from None
+        raise LLBGenError(f"{flag}: {_side_failure(printer.tracker, str(exc))}") from None
+
+
+def _side_failure(tracker: StatusTracker, message: str) -> str:
+    """One line for a failed copy step: the step, and what its script said (or why it could not run)."""
+    failed = [v for v in tracker.failed() if not v.canceled]
+    if not failed:
+        return message.splitlines()[0]
+    step = failed[-1]
+    lines = step.tail(5)
+    said = [line.removeprefix("llbgen: ") for line in lines if line.startswith("llbgen: ")]
+    if said:
+        return said[-1]
+    if any("executable file not found" in line for line in lines):
+        return (
+            f"{step.name}: the root filesystem of the build step that uses the cache mount has no sh "
+            "(the copy runs sh, cp and du there)"
+        )
+    return f"{step.name}: {(lines or [step.error])[-1]}"
 
 
 def _services(options: BuildOptions, dirs: Mapping[str, Path], caches: LocalCaches | None) -> list[Service]:
