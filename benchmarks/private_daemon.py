@@ -17,6 +17,16 @@ from pathlib import Path
 STACK = Path(os.environ.get("LLBGEN_STACK_DIR", "/var/lib/llbgen-stack"))
 
 
+def stack_env() -> dict[str, str]:
+    """The stack's stack.env (its daemon's address, its registry...)."""
+    values = {}
+    for line in (STACK / "stack.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[key] = value
+    return values
+
+
 @contextlib.contextmanager
 def private_daemon(state: Path) -> Iterator[str]:
     """Runs buildkitd with its state under ``state`` (made here) until the block ends; its address."""

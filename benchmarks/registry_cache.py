@@ -24,21 +24,12 @@ import time
 import uuid
 from pathlib import Path
 
-from private_daemon import STACK, private_daemon
+from private_daemon import STACK, private_daemon, stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = "1700000000"
 # Vertices that are not steps of the definition (pulls, cache import, export).
 NOT_STEPS = re.compile(r"^(\[internal\]|exporting|importing cache|docker-image://|resolve |sending tarball|preparing|copying|writing)")
-
-
-def stack_env() -> dict[str, str]:
-    values = {}
-    for line in (STACK / "stack.env").read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not line.startswith("#"):
-            values[key] = value
-    return values
 
 
 def build(address: str, *extra: str) -> tuple[float, str, str]:

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -236,10 +235,8 @@ def test_a_new_daemon_seeded_from_the_registry_hits_ccache_and_builds_what_a_col
     cache_ref = f"{registry}/ccdemo-cache:main"
 
     def build(environment: dict[str, str], name: str, *extra: str, id: str = cache_id) -> str:
-        started = time.monotonic()
         run = _llbgen(environment, *common, "--arg", f"CACHE_ID={id}", "-o", f"type=local,dest={tmp_path / name}", *extra)
         assert run.returncode == 0, run.stderr[-3000:]
-        print(f"{name}: {time.monotonic() - started:.1f} s")
         return run.stderr
 
     # A: the stack's daemon; no seed yet (a warning), the cache exported after the build.
