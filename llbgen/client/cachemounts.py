@@ -9,10 +9,12 @@ build's own definition (its cache keys, its result) untouched:
   mode, same base) and copies it into ``/<dir_name(id)>/`` of an empty output; their merge is an
   image of one layer per id, pushed to the registry. A cache mount that did not change gives the
   same layer (``cp -a`` keeps the files' times; the layer's tar is made from the files), whose blob
-  the registry has: it is not uploaded again;
+  the registry has: it is not uploaded again (and, with a fixed creation time, the same image);
 - the seed graph: the same steps the other way, from the image (pinned by digest) mounted read-only
   into the cache mount, when that is empty; a daemon that already has the cache keeps its own
-  (copying a large cache over itself on every build would cost more than it brings).
+  (copying a large cache over itself on every build would cost more than it brings). A probe graph
+  looks into the mounts first, so that the seed (gigabytes for a compiler's cache) is pulled only
+  when one of them is empty.
 
 The copy steps run on the root filesystem of a build step that uses the mount: it is an
 environment where the mount's files make sense, and it has ``sh`` and ``cp`` whenever the build
@@ -38,13 +40,18 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
-from llbgen.client.imageconfig import DEFAULT_PATH
+from llbgen.client.build import Target
+from llbgen.client.imageconfig import DEFAULT_PATH, image_config
+from llbgen.client.outputs import Output
 from llbgen.client.cachemountspec import CacheMountsRef, dir_name
-from llbgen.llb.definition import Definition
+from llbgen.llb.definition import Definition, marshal
 from llbgen.llb.errors import LLBGenError
 from llbgen.llb.existing import ExistingGraph
 from llbgen.llb.merge import merge
@@ -64,6 +71,11 @@ if [ ! -d "{SEED}/$2" ]; then echo "llbgen: cache mount $1: not in the seed"; ex
 if [ -n "$(ls -A {CACHE})" ]; then echo "llbgen: cache mount $1: not empty, kept as it is"; exit 0; fi
 cp -a "{SEED}/$2/." {CACHE}/
 echo "llbgen: cache mount $1: seeded, $(du -sk {CACHE} | cut -f1) KiB"
+"""
+
+# $1 id, $2 its directory in the output: a file there when the mount is empty.
+PROBE_SCRIPT = f"""set -eu
+if [ -z "$(ls -A {CACHE})" ]; then : >"{OUT}/$2"; fi
 """
 
 # $1 id, $2 its directory in the image, $3 the limit in KiB (0: none).
@@ -168,6 +180,15 @@ def export_state(uses: Sequence[CacheMountUse], max_size: int = 0) -> State:
     )
 
 
+def probe_state(uses: Sequence[CacheMountUse]) -> State:
+    """An empty file ``/<dir_name(id)>`` for each cache mount that is empty."""
+    graphs: dict[int, ExistingGraph] = {}
+    return merge(
+        [_copy_step(use, graphs, PROBE_SCRIPT, [], [bind(OUT, scratch())], f"look into cache mount {use.id}") for use in uses],
+        name="empty cache mounts",
+    )
+
+
 def seed_state(uses: Sequence[CacheMountUse], pinned: str) -> State:
     """Fills each empty cache mount from the image ``pinned`` (``REF@sha256:...``)."""
     graphs: dict[int, ExistingGraph] = {}
@@ -200,3 +221,81 @@ def resolve_seed(spec: CacheMountsRef) -> str | None:
         print(f"llbgen: warning: --cache-mounts-from {spec.ref}: not in the registry; building without seeding", file=sys.stderr)
         return None
     return f"{spec.ref}@{digest}"
+
+
+if TYPE_CHECKING:
+    #: Runs a graph as a build of its own on the build's daemon and session: (target, outputs, flag)
+    #: -> the exporter response; a failure is an LLBGenError naming ``flag``.
+    SideBuild = Callable[[Target, Sequence[Output], str], Mapping[str, str]]
+
+
+@attrs.frozen
+class Transfer:
+    """What one build seeds and exports, and the steps that do it."""
+
+    seed_from: CacheMountsRef | None
+    seed_uses: Sequence[CacheMountUse]
+    export_to: CacheMountsRef | None
+    export_uses: Sequence[CacheMountUse]
+    #: The daemon's platform, for steps that name none; the build's local.unique.
+    native: Platform
+    local_unique_id: str
+
+    @classmethod
+    def plan(
+        cls,
+        seed_from: CacheMountsRef | None,
+        export_to: CacheMountsRef | None,
+        definitions: Sequence[Definition],
+        native: Platform,
+        local_unique_id: str,
+    ) -> Transfer | None:
+        """None when there is nothing to do; an id the build does not use is an error now, before
+        anything runs."""
+        if seed_from is None and export_to is None:
+            return None
+        uses = find_cache_mounts(definitions)
+        if not uses:
+            print("llbgen: warning: the build has no cache mounts: nothing to seed or export", file=sys.stderr)
+            return None
+        return cls(
+            seed_from,
+            select(uses, seed_from, "--cache-mounts-from") if seed_from is not None else (),
+            export_to,
+            select(uses, export_to, "--cache-mounts-to") if export_to is not None else (),
+            native,
+            local_unique_id,
+        )
+
+    def _target(self, state: State, uses: Sequence[CacheMountUse]) -> Target:
+        platform = uses[0].platform or self.native
+        return Target(
+            platform, marshal(state, platform=platform, local_unique_id=self.local_unique_id), image_config(state, platform)
+        )
+
+    def seed(self, run: SideBuild) -> None:
+        """Fills the empty ones of the cache mounts from the seed image, pulled only if one is."""
+        if self.seed_from is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="llbgen-cache-mounts-") as tmp:
+            run(self._target(probe_state(self.seed_uses), self.seed_uses), [Output("local", {}, tmp)], "--cache-mounts-from")
+            empty = [use for use in self.seed_uses if (Path(tmp) / dir_name(use.id)).exists()]
+        if not empty:
+            return  # the daemon has its own: nothing to pull
+        pinned = resolve_seed(self.seed_from)
+        if pinned is not None:
+            run(self._target(seed_state(empty, pinned), empty), (), "--cache-mounts-from")
+
+    def export(self, run: SideBuild) -> dict[str, str]:
+        """Pushes the cache mounts; the pushed image's name and digest, for the build's metadata."""
+        if self.export_to is None:
+            return {}
+        ref = self.export_to.ref
+        pushed = run(
+            self._target(export_state(self.export_uses, self.export_to.max_size), self.export_uses),
+            [Output("image", {"name": ref, "push": "true"})],
+            "--cache-mounts-to",
+        )
+        digest = pushed.get("containerimage.digest", "")
+        print(f"llbgen: cache mounts pushed to {ref}@{digest}", file=sys.stderr)
+        return {"llbgen.cache-mounts.name": ref, "llbgen.cache-mounts.digest": digest}

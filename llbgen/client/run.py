@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from llbgen.session.core import Service
 from llbgen.session.filesync import DirectoryTarget, FileSend, FileSync, StreamTarget
 
 if TYPE_CHECKING:
-    from llbgen.llb.state import State
+    from llbgen.client.cachemounts import Transfer
     from llbgen.session.content import LocalCaches
     from llbgen.session.secrets import SecretSource
 
@@ -106,17 +107,18 @@ def build(
             shared_key=project.local_unique_id,
         )
         services = _services(options, dirs, caches)
-        seed, export = _cache_mount_steps(options, targets, native, project.local_unique_id)
+        transfer = _cache_mounts(options, targets, native, project.local_unique_id)
         # The failure summary (below) shows the failed step's log, so the printer does not.
         own_printer = printer is None
         if printer is None:
             printer = open_printer(options.progress, sys.stderr)
         try:
-            if seed is not None:
-                _side_build(connection, seed, (), options, dirs, printer, "--cache-mounts-from")
+            side = functools.partial(_side_build, connection, options, dirs, printer)
+            if transfer is not None:
+                transfer.seed(side)
             response = run_build(connection, request, services, printer.update)
-            if export is not None:
-                response.update(_export_cache_mounts(connection, export, options, dirs, printer))
+            if transfer is not None:
+                response.update(transfer.export(side))
         except BuildFailed as exc:
             if own_printer:
                 printer.close()
@@ -133,59 +135,28 @@ def build(
         connection.close()
 
 
-def _cache_mount_steps(
-    options: BuildOptions, targets: Sequence[Target], native: Platform, local_unique_id: str
-) -> tuple[Target | None, Target | None]:
-    """The seed and export graphs of ``--cache-mounts-from``/``--cache-mounts-to`` (None: none)."""
+def _cache_mounts(options: BuildOptions, targets: Sequence[Target], native: Platform, local_unique_id: str) -> Transfer | None:
+    """What ``--cache-mounts-from``/``--cache-mounts-to`` do around the build (None: nothing)."""
     if options.cache_mounts_from is None and options.cache_mounts_to is None:
-        return None, None
+        return None
     if options.no_cache:
         raise UsageError(
             "--no-cache gives every step empty cache mounts (BuildKit's rule): there is nothing to seed or "
             "export; drop --no-cache or --cache-mounts-from/--cache-mounts-to"
         )
-    from llbgen.client import cachemounts
+    from llbgen.client.cachemounts import Transfer
 
-    uses = cachemounts.find_cache_mounts([t.definition for t in targets])
-    if not uses:
-        print("llbgen: warning: the build has no cache mounts: nothing to seed or export", file=sys.stderr)
-        return None, None
-
-    def target(state: State, first: cachemounts.CacheMountUse) -> Target:
-        platform = first.platform or native
-        return Target(platform, marshal(state, platform=platform, local_unique_id=local_unique_id), image_config(state, platform))
-
-    seed = export = None
-    if options.cache_mounts_to is not None:
-        spec = options.cache_mounts_to
-        chosen = cachemounts.select(uses, spec, "--cache-mounts-to")
-        export = target(cachemounts.export_state(chosen, spec.max_size), chosen[0])
-    if options.cache_mounts_from is not None:
-        chosen = cachemounts.select(uses, options.cache_mounts_from, "--cache-mounts-from")
-        pinned = cachemounts.resolve_seed(options.cache_mounts_from)
-        if pinned is not None:
-            seed = target(cachemounts.seed_state(chosen, pinned), chosen[0])
-    return seed, export
-
-
-def _export_cache_mounts(
-    connection: Connection, export: Target, options: BuildOptions, dirs: Mapping[str, Path], printer: Printer
-) -> dict[str, str]:
-    assert options.cache_mounts_to is not None
-    ref = options.cache_mounts_to.ref
-    pushed = _side_build(connection, export, [Output("image", {"name": ref, "push": "true"})], options, dirs, printer, "--cache-mounts-to")
-    digest = pushed.get("containerimage.digest", "")
-    print(f"llbgen: cache mounts pushed to {ref}@{digest}", file=sys.stderr)
-    return {"llbgen.cache-mounts.digest": digest, "llbgen.cache-mounts.name": ref}
+    definitions = [t.definition for t in targets]
+    return Transfer.plan(options.cache_mounts_from, options.cache_mounts_to, definitions, native, local_unique_id)
 
 
 def _side_build(
     connection: Connection,
-    target: Target,
-    outputs: Sequence[Output],
     options: BuildOptions,
     dirs: Mapping[str, Path],
     printer: Printer,
+    target: Target,
+    outputs: Sequence[Output],
     flag: str,
 ) -> dict[str, str]:
     """A build of its own on the build's connection, for its cache mounts; a failure is one line."""
@@ -193,10 +164,11 @@ def _side_build(
         targets=[target],
         outputs=outputs,
         entitlements=sorted(set(options.allow) | entitlements_used([target.definition])),
-        frontend_attrs={"platform": str(target.platform)},
+        # a fixed creation time for images: an unchanged cache mount pushes the same image again
+        frontend_attrs={"platform": str(target.platform), "build-arg:SOURCE_DATE_EPOCH": "0"},
     )
     try:
-        return run_build(connection, request, _services(attrs.evolve(options, outputs=()), dirs, None), printer.update)
+        return run_build(connection, request, _services(attrs.evolve(options, outputs=outputs), dirs, None), printer.update)
     except BuildFailed as exc:
         raise LLBGenError(f"{flag}: {_side_failure(printer.tracker, str(exc))}") from None
 
