@@ -64,11 +64,17 @@ def test_parse_ids_and_max_size() -> None:
         ("r.example/c,max-size=lots", "not a size"),
         ("r.example/c,ccache", "not KEY=VALUE"),
         ("r.example/UPPER", "invalid image reference"),
+        ("r.example/c@sha256:" + "a" * 64, "under a tag, not a digest"),
     ],
 )
 def test_bad_specs_are_usage_errors(text: str, says: str) -> None:
     with pytest.raises(UsageError, match=re.escape(says)):
         CacheMountsRef.parse(text, "--cache-mounts-to")
+
+
+def test_a_seed_has_no_size_limit() -> None:
+    with pytest.raises(UsageError, match=re.escape("unknown key 'max-size' (keys: ids)")):
+        CacheMountsRef.parse("r.example/c,max-size=1G", "--cache-mounts-from")
 
 
 def test_bad_flag_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,9 +40,11 @@ class CacheMountsRef:
         if not ref or "=" in ref:
             raise UsageError(f"{flag} {text!r}: expected REF[,ids=ID,...][,max-size=SIZE], e.g. registry/app-cache:main")
         try:
-            reference.parse(ref)
+            parsed = reference.parse(ref)
         except ValueError as exc:
             raise UsageError(f"{flag}: {exc}") from None
+        if parsed.digest and flag == "--cache-mounts-to":
+            raise UsageError(f"{flag} {ref}: an image is pushed under a tag, not a digest (e.g. registry/app-cache:main)")
         ids: list[str] = []
         max_size = 0
         key = ""
@@ -58,10 +60,11 @@ class CacheMountsRef:
                 if not value:
                     raise UsageError(f"{flag} {text!r}: ids= needs at least one cache mount id")
                 ids.append(value)
-            elif name == "max-size":
+            elif name == "max-size" and flag != "--cache-mounts-from":
                 max_size = _size(value, flag)
             else:
-                raise UsageError(f"{flag} {text!r}: unknown key {name!r} (keys: ids, max-size)")
+                keys = "ids" if flag == "--cache-mounts-from" else "ids, max-size"
+                raise UsageError(f"{flag} {text!r}: unknown key {name!r} (keys: {keys})")
         return cls(ref, tuple(ids), max_size)
 
     def wants(self, id: str) -> bool:
