@@ -36,20 +36,20 @@ IMAGES = ROOT / "tests" / "data" / "cachemounts" / "images"
 UNIT = """
 static double mix{i}_{j}(double x, int n) {{
     double acc = 0;
-    for (int k = 0; k < n; k++) acc += (x * k + {j}) / (k + {i} + 1.0) - acc / (k + 2.0);
+    for (int k = 0; k < n; k++) acc += (x * k + {j}) / (k + {i} + 1.0) - acc / (k + {salt}.0);
     return acc;
 }}
 """
 
 
-def sources(dest: Path, files: int, version: int) -> None:
-    """``files`` C files and a main; ``version`` changes one line of the first file."""
+def sources(dest: Path, files: int, salt: int) -> None:
+    """``files`` C files and a main; ``salt``, in every file's code, makes them this run's own."""
     src = dest / "src"
     src.mkdir(parents=True, exist_ok=True)
     calls = []
     for i in range(files):
-        body = "".join(UNIT.format(i=i, j=j) for j in range(40))
-        total = " + ".join(f"mix{i}_{j}(x, {(i + version * (i == 0)) % 7 + 3})" for j in range(40))
+        body = "".join(UNIT.format(i=i, j=j, salt=salt) for j in range(40))
+        total = " + ".join(f"mix{i}_{j}(x, {i % 7 + 3})" for j in range(40))
         (src / f"unit{i}.c").write_text(f"{body}\ndouble unit{i}(double x) {{ return {total}; }}\n")
         calls.append(f"unit{i}(1.5)")
     decls = "".join(f"double unit{i}(double);\n" for i in range(files))
@@ -58,11 +58,11 @@ def sources(dest: Path, files: int, version: int) -> None:
     )
 
 
-def build(env: dict[str, str], address: str, compilers: str, context: Path, out: Path, *extra: str) -> tuple[float, str]:
+def build(env: dict[str, str], address: str, compilers: str, cache_id: str, context: Path, out: Path, *extra: str) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "llbgen", "--images", str(IMAGES), "build", "ccdemo", "--arg", f"COMPILERS={compilers}",
-         "--arg", "CACHE_ID=bench", "--local", f"context={context}", "--progress", "plain",
+         "--arg", f"CACHE_ID={cache_id}", "--local", f"context={context}", "--progress", "plain",
          "-o", f"type=local,dest={out}", *extra],
         env=dict(env, BUILDKIT_HOST=address), capture_output=True, text=True,
     )  # fmt: skip
@@ -75,6 +75,13 @@ def build(env: dict[str, str], address: str, compilers: str, context: Path, out:
 def hits(log: str) -> str:
     found = re.search(r"ccache:\s+Hits:\s+(\d+ / +\d+)", log)
     return re.sub(r" +", " ", found.group(1)) if found else "(compile step cached)"
+
+
+def step_time(log: str, name: str) -> str:
+    """How long the step ``name`` took, from the plain progress (its DONE line)."""
+    vertex = re.search(rf"^#(\d+) {re.escape(name)}$", log, re.MULTILINE)
+    done = vertex and re.search(rf"^#{vertex.group(1)} DONE ([0-9.]+s)$", log, re.MULTILINE)
+    return done.group(1) if done else "?"
 
 
 def main() -> None:
@@ -95,9 +102,10 @@ def main() -> None:
     compilers = f"{registry}/compilers-ccache:bench@" + re.findall(r"sha256:[0-9a-f]{64}", pushed.stderr)[-1]
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-cm-"))
     context = work / "context"
-    sources(context, files, version=uuid.uuid4().int % 1000)  # new sources: no daemon has them cached
+    sources(context, files, salt=uuid.uuid4().int % 10**9 + 2)  # new code: in no daemon's nor ccache's cache
     cache = f"{registry}/ccdemo-cache:main"
-    elapsed, log = build(env, stack["BUILDKIT_HOST"], compilers, context, work / "a", "--cache-mounts-to", cache)
+    cache_id = uuid.uuid4().hex[:12]  # an empty cache mount on the stack's daemon
+    elapsed, log = build(env, stack["BUILDKIT_HOST"], compilers, cache_id, context, work / "a", "--cache-mounts-to", cache)
     print(f"{files + 1} files; stack daemon, build and export the cache mounts: {elapsed:.1f} s, ccache hits {hits(log)}")
     main_c = (context / "src" / "unit0.c").read_text()
     (context / "src" / "unit0.c").write_text(main_c.replace("+ 0) /", "+ 100) /", 1))
@@ -106,12 +114,15 @@ def main() -> None:
         state = Path(f"/tmp/llbgen-bench-{uuid.uuid4().hex[:8]}")  # short: the daemon's socket is in it
         try:
             with private_daemon(state) as address:
-                elapsed, log = build(env, address, compilers, context, work / label, *extra)
+                elapsed, log = build(env, address, compilers, cache_id, context, work / label, *extra)
         finally:
             subprocess.run(["rm", "-rf", str(state)], check=False)
         (work / f"{label}.log").write_text(log)
         results[label] = (work / label / "usr/local/bin/ccdemo").read_bytes()
-        print(f"fresh daemon, one line changed, {label}: {elapsed:.1f} s, ccache hits {hits(log)}")
+        print(
+            f"fresh daemon, one line changed, {label}: {elapsed:.1f} s (the compile step {step_time(log, 'compile ccdemo')}), "
+            f"ccache hits {hits(log)}"
+        )
     print(f"same binary seeded and cold: {results['seeded'] == results['cold']}; progress logs in {work}")
 
 
