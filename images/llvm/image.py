@@ -22,7 +22,7 @@ Build args:
   LLVM_VERSION, LLVM_ORIG_SHA256        move the pin (see PINS below)
   SOURCE=debian (default) | upstream    upstream: LLVM's release tarball over https, checked by
                                         sha256 (LLVM_TARBALL_SHA256), for builds outside this network
-  JOBS=2                                parallel compile jobs
+  JOBS=<cores of the daemon's machine>   parallel compile jobs
   COMPILERS=REF@sha256:...              a published compilers image instead of building it
 
 The compiles of the different targets take turns (one ccache directory per build platform, in a
@@ -102,7 +102,7 @@ CCACHE_ENV = {"CCACHE_DIR": CCACHE_DIR, "CCACHE_MAXSIZE": "8G"}
 NATIVE = r"""
 # shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
-jobs=$1
+jobs=${1:-$(nproc)}
 shift
 cmake -S /src/llvm -B /build "$@" >/tmp/cmake.log 2>&1 || { tail -n 80 /tmp/cmake.log >&2; exit 1; }
 tail -n 5 /tmp/cmake.log
@@ -141,7 +141,7 @@ cp -a /build/. /out/
 COMPILE = r"""
 # shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
-jobs=$1 cross=$2
+jobs=${1:-$(nproc)} cross=$2
 cp -a /configured/. /build/
 ccache -z >/dev/null
 # The log gets every 50th progress line and everything else (sed -u: as it comes); on a failure,
@@ -152,6 +152,11 @@ status=$(cat /tmp/ninja.status)
 [ "$status" = 0 ] || grep -A 40 '^FAILED: ' /tmp/ninja.log | head -n 300 >&2
 ccache -s | sed 's/^/ccache: /'
 [ "$status" = 0 ] || exit "$status"
+# Where the step's time went, from ninja's own log: CPU seconds per kind of build edge.
+awk -F '\t' '!/^#/ {
+    kind = $4 ~ /\.o$/ ? "compiles" : $4 ~ /\.(inc|def)$/ ? "tablegen" : $4 ~ /\.a$/ ? "archives" : $4 ~ /^bin\// ? "links" : "other"
+    seconds[kind] += ($2 - $1) / 1000; count[kind]++
+} END { for (k in seconds) printf "llbgen: time: %s: %d edges, %.0f s\n", k, count[k], seconds[k] }' /build/.ninja_log | sort
 mkdir -p /out/usr/local/bin
 # Where it all came from: the sources, the compiler, and the static C and C++ libraries linked in.
 {
@@ -175,8 +180,9 @@ ls -l /out/usr/local/bin
 
 
 def _jobs(ctx: llbgen.BuildContext) -> str:
-    value = ctx.arg("JOBS") or "2"
-    if not re.fullmatch(r"[1-9][0-9]*", value):
+    """``JOBS``, or "" for as many as the daemon's machine has cores (``nproc`` in the step)."""
+    value = ctx.arg("JOBS")
+    if value and not re.fullmatch(r"[1-9][0-9]*", value):
         raise ValueError(f"--arg JOBS={value}: expected a positive number")
     return value
 
@@ -247,6 +253,8 @@ def target_options(ctx: llbgen.BuildContext) -> list[str]:
         f"-DLLVM_NATIVE_TOOL_DIR={NATIVE_DIR}/bin",
         f"-DLLVM_TABLEGEN={NATIVE_DIR}/bin/llvm-tblgen",
         f"-DCLANG_TABLEGEN={NATIVE_DIR}/bin/clang-tblgen",
+        # clang with no -target compiles for BPF: what this clang is for (else it would be the host's)
+        "-DLLVM_DEFAULT_TARGET_TRIPLE=bpf",
     ]
     if tc.is_cross:
         triplet = tc.triplet
