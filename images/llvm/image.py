@@ -184,7 +184,7 @@ def _jobs(ctx: llbgen.BuildContext) -> str:
     value = ctx.arg("JOBS")
     if value and not re.fullmatch(r"[1-9][0-9]*", value):
         raise ValueError(f"--arg JOBS={value}: expected a positive number")
-    return value
+    return value or ""
 
 
 def pin(ctx: llbgen.BuildContext) -> tuple[str, str]:
