@@ -6,8 +6,10 @@
    ``--cache-from`` that cache: every step must come from the cache (checked in the progress).
 3. Another fresh daemon builds it without any cache, from nothing (``--skip-cold`` to leave out).
 
-Both fresh builds write an OCI tarball with the same SOURCE_DATE_EPOCH and rewritten timestamps,
-so they must give the same image digest. Wall times of whole ``llbgen build`` commands.
+Both fresh builds write an OCI tarball with the same SOURCE_DATE_EPOCH and rewritten timestamps;
+when their image digests differ, the script says per platform whether the layers or only the
+config's history differ. Wall times of whole ``llbgen build`` commands; steps that ran are read
+from ``--progress rawjson`` (benchmarks/progress_steps.py).
 
 Usage: .venv/bin/python benchmarks/registry_cache.py [--skip-cold]   (needs scripts/stack-up)
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,12 +25,12 @@ import time
 import uuid
 from pathlib import Path
 
+from oci_tarball import platform_images
 from private_daemon import STACK, private_daemon, stack_env
+from progress_steps import steps_run
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCH = "1700000000"
-# Vertices that are not steps of the definition (pulls, cache import, export).
-NOT_STEPS = re.compile(r"^(\[internal\]|exporting|importing cache|docker-image://|resolve |sending tarball|preparing|copying|writing)")
 
 
 def build(address: str, *extra: str) -> tuple[float, str, str]:
@@ -39,30 +40,13 @@ def build(address: str, *extra: str) -> tuple[float, str, str]:
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "llbgen", "build", "bpftool", "--platform", "linux/amd64,linux/arm64",
-             "--arg", f"SOURCE_DATE_EPOCH={EPOCH}", "--progress", "plain", "--metadata-file", metadata.name, *extra],
+             "--arg", f"SOURCE_DATE_EPOCH={EPOCH}", "--progress", "rawjson", "--metadata-file", metadata.name, *extra],
             cwd=ROOT, env=env, capture_output=True, text=True,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"build failed:\n{proc.stderr[-4000:]}")
         return elapsed, proc.stderr, Path(metadata.name).read_text()
-
-
-def executed_steps(progress: str) -> list[str]:
-    """Names of the definition's steps that ran: finished, neither cached on the daemon nor loaded
-    from the imported cache (a vertex loaded from a registry cache shows its layer pulls)."""
-    names, cached, done = {}, set(), set()
-    for line in progress.splitlines():
-        match = re.match(r"#(\d+) (.*)$", line)
-        if not match:
-            continue
-        vertex, text = match.groups()
-        names.setdefault(vertex, text)
-        if text == "CACHED" or re.match(r"(extracting )?sha256:[0-9a-f]{64}", text):
-            cached.add(vertex)
-        elif text.startswith("DONE"):
-            done.add(vertex)
-    return sorted(names[v] for v in done - cached if not NOT_STEPS.match(names[v]))
 
 
 def main() -> None:
@@ -81,19 +65,23 @@ def main() -> None:
         runs.append(("without a cache", []))
     for label, extra in runs:
         state = work / label.replace(" ", "-")
+        tarball = work / f"{label.replace(' ', '-')}.tar"
         with private_daemon(state) as address:
-            elapsed, progress, metadata = build(address, *extra, "-o", output.format(state / "bpftool.tar"))
+            elapsed, progress, metadata = build(address, *extra, "-o", output.format(tarball))
         (work / f"{label.replace(' ', '-')}.log").write_text(progress)
-        ran = executed_steps(progress)
+        ran = steps_run(progress)
         digest = json.loads(metadata)["containerimage.digest"]
-        results[label] = (elapsed, digest)
+        results[label] = (elapsed, digest, platform_images(tarball))
         print(f"fresh daemon, {label}: {elapsed:.1f} s, {digest}, steps run: {len(ran)}")
         for name in ran:
             print(f"    ran: {name}")
         subprocess.run(["rm", "-rf", str(state)], check=False)
     if len(results) == 2:
-        (cached, d1), (cold, d2) = results.values()
+        (cached, d1, i1), (cold, d2, i2) = results.values()
         print(f"cached / cold: {cached:.1f} s / {cold:.1f} s ({cold / cached:.1f}x); same digest: {d1 == d2}")
+        for arch in sorted(i1):
+            (layers1, history1), (layers2, history2) = i1[arch], i2.get(arch, ([], []))
+            print(f"    {arch}: same layers: {layers1 == layers2}; history: {history1} / {history2}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -117,6 +118,10 @@ def test_graph_marshals_and_everything_runs_on_the_build_platform(
         "-DCLANG_TABLEGEN=/native/bin/clang-tblgen", "-DLLVM_NATIVE_TOOL_DIR=/native/bin",
     } <= configure  # fmt: skip
     assert not any(o.startswith(("-DLLVM_BUILD_STATIC", "-DLLVM_TABLEGEN")) for o in native)
+    # clang without -target compiles for BPF; the native tablegens' tree does not need to know
+    assert "-DLLVM_DEFAULT_TARGET_TRIPLE=bpf" in configure
+    assert not any(o.startswith("-DLLVM_DEFAULT_TARGET_TRIPLE") for o in native)
+    assert "patch" not in steps  # no images/llvm/patches: the graph has no patch step
     cross = {
         "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
         "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
@@ -197,6 +202,34 @@ def test_the_compilers_image_can_be_a_pinned_digest(fake_project: Project) -> No
     assert f"docker-image://{ref}" in identifiers
     with pytest.raises(DefinitionError, match="must be pinned by digest"):
         graph(fake_project, ARM64, COMPILERS="127.0.0.1:5000/llbgen/compilers:latest")
+
+
+def test_patches_are_applied_in_order_before_everything_else(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(ROOT / "images", images, ignore=shutil.ignore_patterns("__pycache__"))
+    patches = images / "llvm" / "patches"
+    patches.mkdir()
+    (patches / "0002-second.patch").write_text("--- a/llvm/b\n+++ b/llvm/b\n")
+    (patches / "0001-first.patch").write_text("--- a/llvm/a\n+++ b/llvm/a\n")
+    bases = tmp_path / "bases.json"
+    bases.write_text(json.dumps({"debian:trixie": FAKE_DEBIAN}))
+    definition = graph(Project(images, bases_file=bases), AMD64)
+    steps = runs(definition)
+    assert "patch -p1" in steps["patch"].exec.meta.args[2]
+    by_digest = dict(zip(definition.digests, ops(definition)))
+    # the patch files, in order, with their bytes, are what the patch step mounts at /patches
+    (files,) = [by_digest[i.digest] for i, m in _mounted(steps["patch"], "/patches")]
+    assert [(a.mkfile.path, a.mkfile.data) for a in files.file.actions] == [
+        ("/0001-first.patch", b"--- a/llvm/a\n+++ b/llvm/a\n"),
+        ("/0002-second.patch", b"--- a/llvm/b\n+++ b/llvm/b\n"),
+    ]
+    # and the patched tree is what the native tablegens read at /src
+    (patched,) = [by_digest[i.digest] for i, m in _mounted(steps["native"], "/src")]
+    assert patched == steps["patch"]
+
+
+def _mounted(op: ops_pb2.Op, target: str) -> list[tuple[ops_pb2.Input, ops_pb2.Mount]]:
+    return [(op.inputs[m.input], m) for m in op.exec.mounts if m.dest == target]
 
 
 @pytest.mark.parametrize(

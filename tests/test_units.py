@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import llbgen
 from llbgen.llb import reference, shell, wire
+from llbgen.llb.errors import DefinitionError
 from llbgen.llb.platform import Platform
 from llbgen.pb import ops_pb2
 
@@ -38,6 +39,13 @@ def test_shell_split_follows_go_shlex(command: str, argv: list[str]) -> None:
 def test_shell_split_rejects_unterminated_input(command: str) -> None:
     with pytest.raises(ValueError):
         shell.split(command)
+
+
+@pytest.mark.parametrize("argv", [["make", None], ["sleep", 5], ["cat", b"file"]])
+def test_run_takes_only_strings_in_its_argv(argv: list[object]) -> None:
+    # str() of them would run "make None": the error names the argument instead
+    with pytest.raises(DefinitionError, match=r"test_units.py:\d+: run: argument 1 of the command is .*, not a string"):
+        llbgen.scratch().run(argv)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

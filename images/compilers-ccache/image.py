@@ -1,4 +1,5 @@
-"""The compilers image with ccache: what llvm's build steps run in (its compiles go through ccache).
+"""The compilers image with ccache: what llvm's build steps run in (its compiles go through ccache),
+and patch(1), which applies llvm's own patches to the sources.
 
 Its own image because it installs a Debian package over the network: llvm's steps then run
 without network (llbgen lint). Built into llvm's graph for the build platform.
@@ -17,9 +18,9 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
     debian = ctx.helper("sources/debian")
     platform = ctx.target_platform
     return debian.compilers(ctx, platform).run(
-        ["sh", "-c", "set -eu; apt-get update -q; apt-get install -y -q --no-install-recommends ccache"],
+        ["sh", "-c", "set -eu; apt-get update -q; apt-get install -y -q --no-install-recommends ccache patch"],
         mounts=debian.apt_mounts(platform),
         env={"DEBIAN_FRONTEND": "noninteractive"},
         network="host",
-        name="install ccache",
+        name="install ccache and patch",
     ).root

@@ -3,6 +3,7 @@
 The sources are the orig tarball of Debian's llvm-toolchain-19 source package (trixie), checked
 against the pinned sha256. Everything is built on the build platform, whatever the target:
 
+0. the sources, with images/llvm/patches/*.patch applied if there are any (``patch -p1``);
 1. the native tablegens (llvm-tblgen, clang-tblgen), once per build platform;
 2. for each target, a cmake configure that takes its tablegens from (1): a native configure for
    the build platform's own architecture, a cross configure (the compilers image's
@@ -22,7 +23,7 @@ Build args:
   LLVM_VERSION, LLVM_ORIG_SHA256        move the pin (see PINS below)
   SOURCE=debian (default) | upstream    upstream: LLVM's release tarball over https, checked by
                                         sha256 (LLVM_TARBALL_SHA256), for builds outside this network
-  JOBS=2                                parallel compile jobs
+  JOBS=<cores of the daemon's machine>   parallel compile jobs
   COMPILERS=REF@sha256:...              a published compilers image instead of building it
 
 The compiles of the different targets take turns (one ccache directory per build platform, in a
@@ -34,6 +35,7 @@ in the ELF section .llbgen.provenance (``readelf -p .llbgen.provenance clang``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import llbgen
 
@@ -94,6 +96,17 @@ COMMON_OPTIONS = [
     "-DCLANG_ENABLE_ARCMT=OFF",
 ]  # fmt: skip
 
+# Patches to LLVM's sources, applied after unpacking (none is the usual case).
+PATCHES = Path(__file__).resolve().parent / "patches"
+PATCH = r"""
+set -eu
+for p in /patches/*.patch; do
+    echo "llbgen: applying ${p#/patches/}"
+    patch -p1 --forward --batch -d /src <"$p"
+    printf 'patch %s sha256:%s\n' "${p#/patches/}" "$(sha256sum "$p" | cut -d' ' -f1)" >>/src/.provenance
+done
+"""
+
 NATIVE_DIR = "/native"  # where the native tablegens are mounted in the target steps
 CCACHE_DIR = "/ccache"
 CCACHE_ENV = {"CCACHE_DIR": CCACHE_DIR, "CCACHE_MAXSIZE": "8G"}
@@ -102,7 +115,7 @@ CCACHE_ENV = {"CCACHE_DIR": CCACHE_DIR, "CCACHE_MAXSIZE": "8G"}
 NATIVE = r"""
 # shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
-jobs=$1
+jobs=${1:-$(nproc)}
 shift
 cmake -S /src/llvm -B /build "$@" >/tmp/cmake.log 2>&1 || { tail -n 80 /tmp/cmake.log >&2; exit 1; }
 tail -n 5 /tmp/cmake.log
@@ -141,7 +154,7 @@ cp -a /build/. /out/
 COMPILE = r"""
 # shellcheck disable=SC2086 # $TABLEGENS and $TOOLS are lists of words
 set -eu
-jobs=$1 cross=$2
+jobs=${1:-$(nproc)} cross=$2
 cp -a /configured/. /build/
 ccache -z >/dev/null
 # The log gets every 50th progress line and everything else (sed -u: as it comes); on a failure,
@@ -152,6 +165,11 @@ status=$(cat /tmp/ninja.status)
 [ "$status" = 0 ] || grep -A 40 '^FAILED: ' /tmp/ninja.log | head -n 300 >&2
 ccache -s | sed 's/^/ccache: /'
 [ "$status" = 0 ] || exit "$status"
+# Where the step's time went, from ninja's own log: CPU seconds per kind of build edge.
+awk -F '\t' '!/^#/ {
+    kind = $4 ~ /\.o$/ ? "compiles" : $4 ~ /\.(inc|def)$/ ? "tablegen" : $4 ~ /\.a$/ ? "archives" : $4 ~ /^bin\// ? "links" : "other"
+    seconds[kind] += ($2 - $1) / 1000; count[kind]++
+} END { for (k in seconds) printf "llbgen: time: %s: %d edges, %.0f s\n", k, count[k], seconds[k] }' /build/.ninja_log | sort
 mkdir -p /out/usr/local/bin
 # Where it all came from: the sources, the compiler, and the static C and C++ libraries linked in.
 {
@@ -175,10 +193,11 @@ ls -l /out/usr/local/bin
 
 
 def _jobs(ctx: llbgen.BuildContext) -> str:
-    value = ctx.arg("JOBS") or "2"
-    if not re.fullmatch(r"[1-9][0-9]*", value):
+    """``JOBS``, or "" for as many as the daemon's machine has cores (``nproc`` in the step)."""
+    value = ctx.arg("JOBS")
+    if value and not re.fullmatch(r"[1-9][0-9]*", value):
         raise ValueError(f"--arg JOBS={value}: expected a positive number")
-    return value
+    return value or ""
 
 
 def pin(ctx: llbgen.BuildContext) -> tuple[str, str]:
@@ -209,7 +228,25 @@ def source(ctx: llbgen.BuildContext) -> llbgen.State:
                 f"SOURCE=upstream needs --arg LLVM_TARBALL_SHA256=<sha256 of llvm-project-{version}.src.tar.xz>"
             )
         package = debian.tarball("llvm-project", version, LLVM_URL.format(version=version), sha256=sha)
-    return package.unpack(debian.compilers(ctx), SOURCE_PATHS)
+    return patched(ctx, package.unpack(debian.compilers(ctx), SOURCE_PATHS))
+
+
+def patched(ctx: llbgen.BuildContext, tree: llbgen.State) -> llbgen.State:
+    """``tree`` with ``PATCHES`` applied in order (``patch -p1``, from the monorepo's top), each named in
+    its /.provenance; ``tree`` itself when there are none, so the graph is the same as without."""
+    patches = sorted(PATCHES.glob("*.patch"))
+    if not patches:
+        return tree
+    action = llbgen.mkfile(f"/{patches[0].name}", 0o644, patches[0].read_text())
+    for path in patches[1:]:
+        action = action.mkfile(f"/{path.name}", 0o644, path.read_text())
+    files = llbgen.scratch().file(action, name=f"patches: {' '.join(p.name for p in patches)}")
+    return builder(ctx).run(
+        ["sh", "-c", PATCH, "patch"],
+        mounts=[llbgen.bind("/src", tree), llbgen.bind("/patches", files, readonly=True)],
+        network="none",
+        name=f"apply {len(patches)} patch(es) from images/llvm/patches",
+    ).mount("/src")
 
 
 def ccache(ctx: llbgen.BuildContext) -> llbgen.llb.mounts.Mount:
@@ -247,6 +284,8 @@ def target_options(ctx: llbgen.BuildContext) -> list[str]:
         f"-DLLVM_NATIVE_TOOL_DIR={NATIVE_DIR}/bin",
         f"-DLLVM_TABLEGEN={NATIVE_DIR}/bin/llvm-tblgen",
         f"-DCLANG_TABLEGEN={NATIVE_DIR}/bin/clang-tblgen",
+        # clang with no -target compiles for BPF: what this clang is for (else it would be the host's)
+        "-DLLVM_DEFAULT_TARGET_TRIPLE=bpf",
     ]
     if tc.is_cross:
         triplet = tc.triplet

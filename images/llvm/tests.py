@@ -96,6 +96,7 @@ def tests(ctx: llbgen.BuildContext) -> list[Check]:
         version_test("llvm-objcopy", ["llvm-objcopy", "--version"]),
         version_test("llvm-strip", ["llvm-strip", "--version"]),
         only_bpf_targets(),
+        CommandTest("clang's default target is BPF", ["clang", "--version"], expected_output=r"^Target: bpf$"),
         # In the image itself: clang compiles C for BPF, llvm-strip works on its output.
         CommandTest(
             "clang -target bpf compiles C, llvm-strip strips it",
@@ -115,13 +116,15 @@ def tests(ctx: llbgen.BuildContext) -> list[Check]:
                 "$bin/llc -march=bpf -filetype=obj prog.ll -o llc.o\n"
                 "echo \"llc: $(elf_info llc.o)\"\n"
                 "$bin/llvm-objcopy --remove-section license prog.o stripped.o\n"
-                "echo \"llvm-objcopy: $(elf_info stripped.o)\"\n",
+                "echo \"llvm-objcopy: $(elf_info stripped.o)\"\n"
+                "$bin/clang -O2 -c prog.c -o default.o\n"
+                "echo \"clang, no -target: $(elf_info default.o)\"\n",
             ],
             image_mount="/image",
             files={"/tmp/prog.c": PROGRAM},
             expected_output=[
                 rf"^{tool}: type=1 machine={EM_BPF} interp=0 dynamic=0$"
-                for tool in ("clang", "llc", "llvm-objcopy")
+                for tool in ("clang", "llc", "llvm-objcopy", "clang, no -target")
             ],
         ),  # fmt: skip
     ]

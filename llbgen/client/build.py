@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import grpc
 
+from llbgen.client import cachejoin
 from llbgen.client.connection import POLL_INTERVAL, BlockingStub, Connection, wait
 from llbgen.client.imageconfig import encode as encode_config
 from llbgen.client.outputs import CacheOption, Output
@@ -168,26 +169,25 @@ def solve_and_return(bridge: Any, request: BuildRequest, metadata: Sequence[tupl
     """
     # No Ping first: every LLBBridge call waits (up to 3 s) for the build it names to be registered.
     md = list(metadata)
-    refs: dict[str, str] = {}
-    for target in request.targets:
-        pb_definition = target.definition.to_pb()
+    imports = [gateway_pb2.CacheOptionsEntry(Type=o.type, Attrs=dict(o.attrs)) for o in request.cache_from]
+
+    def solve(definition: Definition) -> str:
+        pb_definition = definition.to_pb()
         if request.no_cache:
             for meta in pb_definition.metadata.values():
                 meta.ignore_cache = True
         solved = bridge.Solve(
             gateway_pb2.SolveRequest(
-                Definition=pb_definition,
-                allowResultReturn=True,
-                allowResultArrayRef=True,
-                CacheImports=[
-                    gateway_pb2.CacheOptionsEntry(Type=o.type, Attrs=dict(o.attrs))
-                    for o in request.cache_from
-                ],
+                Definition=pb_definition, allowResultReturn=True, allowResultArrayRef=True, CacheImports=imports
             ),
             metadata=md,
         )
-        refs[str(target.platform)] = solved.result.ref.id
+        return str(solved.result.ref.id)
+
+    refs = {str(target.platform): solve(target.definition) for target in request.targets}
     result = gateway_pb2.Result()
+    if cachejoin.needed(len(request.targets), [o.type for o in request.cache_to]):
+        result.refs.refs[cachejoin.JOIN_KEY].id = solve(cachejoin.join([t.definition for t in request.targets]))
     if len(request.targets) == 1:
         only = request.targets[0]
         result.ref.id = refs[str(only.platform)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llbgen.client.history import layer_history
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
 
@@ -15,7 +16,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def image_config(state: State, platform: Platform) -> dict[str, Any]:
     """Env, working directory, user, entrypoint, cmd and labels of ``state``, for ``platform``.
 
-    The daemon's image exporter fills in the layers and history.
+    The daemon's image exporter fills in the layers, and the history unless the definition says
+    what every layer is (:mod:`llbgen.client.history`).
     """
     env = dict(state.env)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -30,11 +32,15 @@ def image_config(state: State, platform: Platform) -> dict[str, Any]:
         config["Cmd"] = list(state.cmd)
     if state.labels:
         config["Labels"] = dict(state.labels)
-    return {
+    image: dict[str, Any] = {
         **platform.to_json(),
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": []},
     }
+    history = layer_history(state)
+    if history is not None:
+        image["history"] = history
+    return image
 
 
 def encode(config: dict[str, Any]) -> bytes:

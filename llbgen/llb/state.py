@@ -155,7 +155,11 @@ class State:
             except ValueError as exc:
                 raise invalid(f"{exc}: {command!r}") from None
         else:
-            args = [str(a) for a in command]
+            args = list(command)
+            for index, arg in enumerate(args):
+                if not isinstance(arg, str):
+                    # str(None) would run a command with a "None" argument, far from the mistake
+                    raise invalid(f"run: argument {index} of the command is {arg!r}, not a string")
         if not args:
             raise invalid("run needs a command")
         step = self
