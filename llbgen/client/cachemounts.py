@@ -28,7 +28,8 @@ step carries a random token in its environment: a new op every time, never found
 Concurrency. The copy steps mount the cache with the sharing mode the build declared, so BuildKit
 applies the same rules to them as to the build's steps: a ``locked`` mount is waited for (an export
 cannot read a cache a compile is writing, nor a seed write into it while a compile runs); a
-``private`` mount, after the build, is the instance the build released; a ``shared`` mount may be
+``private`` mount is an instance no step is using (after the build, the one it released, unless
+other builds left more than one); a ``shared`` mount may be
 written by another build while it is copied: the copy then holds each file as it was when read,
 which is what tools that write a cache entry to a temporary file and rename it (ccache) need.
 The export only reads the mount and writes into a fresh output of its own, and the pushed image is
