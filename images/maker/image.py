@@ -52,7 +52,6 @@ BUILDX_VERSION = "v0.36.1"  # scripts/stack-buildx
 CRANE_VERSION = "v0.22.1"
 
 
-
 @dataclasses.dataclass(frozen=True)
 class GoTool:
     """A program built from its own module, with that module's go.mod and go.sum."""
@@ -66,12 +65,12 @@ class GoTool:
 
 
 TOOLS = [
-    GoTool("buildctl", "github.com/moby/buildkit", BUILDKIT_VERSION, "./cmd/buildctl",
-           f"-X github.com/moby/buildkit/version.Version={BUILDKIT_VERSION} "
-           "-X github.com/moby/buildkit/version.Package=github.com/moby/buildkit"),
     GoTool("buildx", "github.com/docker/buildx", BUILDX_VERSION, "./cmd/buildx",
            f"-X github.com/docker/buildx/version.Version={BUILDX_VERSION} "
            "-X github.com/docker/buildx/version.Package=github.com/docker/buildx"),
+    GoTool("buildctl", "github.com/moby/buildkit", BUILDKIT_VERSION, "./cmd/buildctl",
+           f"-X github.com/moby/buildkit/version.Version={BUILDKIT_VERSION} "
+           "-X github.com/moby/buildkit/version.Package=github.com/moby/buildkit"),
     GoTool("crane", "github.com/google/go-containerregistry", CRANE_VERSION, "./cmd/crane",
            f"-X github.com/google/go-containerregistry/cmd/crane/cmd.Version={CRANE_VERSION}"),
 ]  # fmt: skip
@@ -131,14 +130,18 @@ while [ $# -gt 0 ]; do
 done
 """
 
-# Builds one tool for GOARCH from the downloaded modules, with no network.
+# Builds the tools for GOARCH from the downloaded modules, with no network; one after the other,
+# so that the packages they share (buildx is built on BuildKit) come from Go's build cache.
 COMPILE_GO = r"""
 set -eu
-module=$1 package=$2 name=$3 ldflags=$4
 export GOMODCACHE=/mod GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=readonly CGO_ENABLED=0 GOOS=linux
 export GOCACHE=/root/.cache/go-build
-cd "$GOMODCACHE/$module"
-/go/bin/go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "/out/$name" "$package"
+while [ $# -gt 0 ]; do
+    module=$1 package=$2 name=$3 ldflags=$4
+    shift 4
+    (cd "$GOMODCACHE/$module" && /go/bin/go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "/out/$name" "$package")
+    echo "built $name ($module)"
+done
 """
 
 # llbgen's wheel from the build context: the build requirements (build.lock) into a venv, then
@@ -219,12 +222,13 @@ def go_downloads(ctx: llbgen.BuildContext, tools: llbgen.State) -> llbgen.State:
     return step.mount("/out")
 
 
-def go_tool(ctx: llbgen.BuildContext, tools: llbgen.State, downloads: llbgen.State, tool: GoTool) -> llbgen.State:
-    """One tool, cross-compiled on the build platform for the target: /<name>."""
+def go_tools(ctx: llbgen.BuildContext, tools: llbgen.State, downloads: llbgen.State) -> llbgen.State:
+    """The Go programs, cross-compiled on the build platform for the target: /<name> each."""
     debian = ctx.helper("sources/debian")
     arch = ctx.target_platform.architecture
+    args = [arg for t in TOOLS for arg in (f"{t.module}@{t.version}", t.package, t.name, t.ldflags)]
     return tools.run(
-        ["sh", "/llbgen/compile-go.sh", f"{tool.module}@{tool.version}", tool.package, tool.name, tool.ldflags],
+        ["sh", "/llbgen/compile-go.sh", *args],
         env={"GOARCH": arch},
         mounts=[
             debian.script("compile-go.sh", COMPILE_GO),
@@ -234,7 +238,7 @@ def go_tool(ctx: llbgen.BuildContext, tools: llbgen.State, downloads: llbgen.Sta
             llbgen.bind("/out", llbgen.scratch()),
         ],
         network="none",
-        name=f"build {tool.name} {tool.version} for linux/{arch}",
+        name=f"build {', '.join(f'{t.name} {t.version}' for t in TOOLS)} for linux/{arch}",
     ).mount("/out")
 
 
@@ -286,11 +290,11 @@ def system(ctx: llbgen.BuildContext) -> llbgen.State:
 def build(ctx: llbgen.BuildContext) -> llbgen.State:
     tools = builder(ctx)
     downloads = go_downloads(ctx, tools)
+    binaries = go_tools(ctx, tools, downloads)
     files = llbgen.mkdir(PLUGINS, 0o755, parents=True)
     for tool in TOOLS:
-        binary = go_tool(ctx, tools, downloads, tool)
         dest = f"{PLUGINS}/docker-buildx" if tool.name == "buildx" else f"/usr/local/bin/{tool.name}"
-        files = files.copy(binary, f"/{tool.name}", dest)
+        files = files.copy(binaries, f"/{tool.name}", dest)
     config = json.dumps({"credsStore": "env"}, indent=2) + "\n"
     files = (
         files.symlink(f"{PLUGINS}/docker-buildx", "/usr/local/bin/buildx")

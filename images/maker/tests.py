@@ -54,7 +54,7 @@ def tests(ctx: llbgen.BuildContext) -> list[Check]:
         version("bash", ["bash", "--version"], r"^GNU bash, version 5\.2\."),
         version("make", ["make", "--version"], r"^GNU Make 4\.4"),
         version("git", ["git", "--version"], r"^git version 2\.47\."),
-        version("jq", ["jq", "--version"], r"^jq-1\.7\."),
+        version("jq", ["jq", "--version"], r"^jq-1\.7\b"),
         version("curl", ["curl", "--version"], r"^curl 8\.14\."),
         version("shellcheck", ["shellcheck", "--version"], r"(?m)^version: 0\.10\."),
         version("docker", ["docker", "--version"], r"^Docker version 26\.1\."),
@@ -71,7 +71,7 @@ def tests(ctx: llbgen.BuildContext) -> list[Check]:
             ["llbgen", "llb", "hello", "--format", "json"],
             dir="/tmp/project",
             files={"/tmp/project/images/hello/image.py": HELLO},
-            expected_output=[r'"Op": \{', r'"mkfile"'],
+            expected_output=[r'"mkfile":\{"path":"/hello"', r'"Digest":"sha256:[0-9a-f]{64}"'],
         ),
         CommandTest(
             "grpc and protobuf are the target's",
