@@ -255,30 +255,33 @@ def python_site(ctx: llbgen.BuildContext, tools: llbgen.State) -> llbgen.State:
         include=["pyproject.toml", "setup.py", "README.md", "protos/", "llbgen/"],
         exclude=["**/__pycache__", "llbgen/pb/*_pb2.py", "llbgen/pb/*_pb2.pyi", "llbgen/pb/*_pb2_grpc.py"],
     )
-    wheel = tools.run(
-        ["sh", "/llbgen/wheel.sh"],
-        mounts=[
-            debian.script("wheel.sh", WHEEL),
-            trust(),
-            llbgen.bind("/locks", locks, readonly=True),
-            llbgen.bind("/src", source, readonly=True),
-            llbgen.bind("/out", llbgen.scratch()),
-        ],
-        network="host",
-        name="build llbgen's wheel",
-    ).mount("/out")
+    wheel = pip_step(ctx, tools, locks, "wheel.sh", WHEEL, [], llbgen.bind("/src", source, readonly=True),
+                     "build llbgen's wheel")  # fmt: skip
     machine = {"amd64": "x86_64", "arm64": "aarch64"}[ctx.target_platform.architecture]
+    return pip_step(
+        ctx, tools, locks, "install-python.sh", INSTALL_PYTHON, [PYTHON, machine],
+        llbgen.bind("/wheel", wheel, readonly=True),
+        f"install llbgen and its Python packages for {ctx.target_platform}",
+    )  # fmt: skip
+
+
+def pip_step(
+    ctx: llbgen.BuildContext, tools: llbgen.State, locks: llbgen.State, script: str, text: str,
+    args: list[str], source: llbgen.llb.mounts.Mount, name: str,
+) -> llbgen.State:  # fmt: skip
+    """A step of pip's (network, the optional CA secret, the locks at /locks), its /out."""
+    debian = ctx.helper("sources/debian")
     return tools.run(
-        ["sh", "/llbgen/install-python.sh", PYTHON, machine],
+        ["sh", f"/llbgen/{script}", *args],
         mounts=[
-            debian.script("install-python.sh", INSTALL_PYTHON),
+            debian.script(script, text),
             trust(),
             llbgen.bind("/locks", locks, readonly=True),
-            llbgen.bind("/wheel", wheel, readonly=True),
+            source,
             llbgen.bind("/out", llbgen.scratch()),
         ],
         network="host",
-        name=f"install llbgen and its Python packages for {ctx.target_platform}",
+        name=name,
     ).mount("/out")
 
 
