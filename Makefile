@@ -7,8 +7,9 @@
 #                      platform partly warm); CI runs only STAGE=configure
 #                      (tests/test_llvm.py).
 #   make e2e-maker     the maker image's structure tests on linux/amd64 and linux/arm64 (arm64's
-#                      Debian packages install under QEMU: most of a cold build, ~19 minutes on
-#                      this loaded 2-core machine); CI tests linux/amd64 (tests/test_maker.py).
+#                      Debian packages install under QEMU, 16 minutes cold beside the compiles: both
+#                      platforms 19.6 minutes cold on this loaded 2-core machine, linux/amd64
+#                      alone 6.7); CI tests linux/amd64 (tests/test_maker.py).
 #                      MAKER_ARGS: more llbgen options (the machine's CA bundle is passed as the
 #                      optional ca-certificates secret when it exists).
 #
