@@ -30,22 +30,6 @@ PREFIX = "/opt/checkpatch"
 # Debian's perl (checkpatch.pl needs more than perl-base's modules) and git for the wrapper.
 PACKAGES = ["perl", "git"]
 
-# Debian's packages, without their manuals and translations (the copyright files stay). The apt
-# options are given on the command line, so the image keeps no apt configuration of the build's.
-INSTALL = r"""
-set -eu
-apt-get update -q
-apt-get install -y -q --no-install-recommends \
-    -o APT::Keep-Downloaded-Packages=true \
-    -o 'DPkg::Options::=--path-exclude=/usr/share/man/*' \
-    -o 'DPkg::Options::=--path-exclude=/usr/share/locale/*' \
-    -o 'DPkg::Options::=--path-exclude=/usr/share/doc/*' \
-    -o 'DPkg::Options::=--path-include=/usr/share/doc/*/copyright' \
-    "$@"
-# The repository is mounted from the host, owned by someone else than the container's user.
-git config --system --add safe.directory '*'
-"""
-
 # The scripts from the kernel tree, checkpatch.pl edited; checked to compile with its modules.
 FIX = r"""
 set -eu
@@ -60,14 +44,7 @@ chmod 0644 /out/spelling.txt /out/const_structs.checkpatch /out/provenance
 
 def tools(ctx: llbgen.BuildContext, platform: llbgen.Platform) -> llbgen.State:
     """The pinned Debian base with perl and git, for ``platform``: the image without its files."""
-    debian = ctx.helper("sources/debian")
-    return ctx.base_image("debian:trixie", platform=platform).run(
-        ["sh", "/llbgen/install.sh", *PACKAGES],
-        mounts=[debian.script("install.sh", INSTALL), *debian.apt_mounts(platform, "checkpatch")],
-        env={"DEBIAN_FRONTEND": "noninteractive"},
-        network="host",
-        name=f"install {' '.join(PACKAGES)} for {platform.architecture}",
-    ).root
+    return ctx.helper("sources/debian").tool_packages(ctx, platform, PACKAGES, "checkpatch")
 
 
 def pristine(ctx: llbgen.BuildContext) -> llbgen.State:

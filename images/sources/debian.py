@@ -53,6 +53,43 @@ def script(name: str, text: str) -> llbgen.llb.mounts.Mount:
     return llbgen.bind("/llbgen", files, readonly=True)
 
 
+# Debian's packages for an image of tools, without manuals and translations (the copyright files
+# stay). The apt options are on the command line, so the image keeps no apt configuration of the
+# build's. git is among the packages: it trusts every checkout, since CI mounts them from the host.
+_TOOL_PACKAGES = r"""
+set -eu
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+    -o APT::Keep-Downloaded-Packages=true \
+    -o 'DPkg::Options::=--path-exclude=/usr/share/man/*' \
+    -o 'DPkg::Options::=--path-exclude=/usr/share/locale/*' \
+    -o 'DPkg::Options::=--path-exclude=/usr/share/doc/*' \
+    -o 'DPkg::Options::=--path-include=/usr/share/doc/*/copyright' \
+    "$@"
+# The repository is mounted from the host, owned by someone else than the container's user.
+git config --system --add safe.directory '*'
+"""
+
+
+def tool_packages(
+    ctx: llbgen.BuildContext, platform: llbgen.Platform, packages: Sequence[str], flavor: str
+) -> llbgen.State:
+    """The pinned Debian base for ``platform`` with ``packages`` (git among them), for a tool image.
+
+    Runs on ``platform`` itself (under QEMU for another architecture): maintainer scripts run as
+    they would on that machine. ``flavor`` names the image's apt cache mounts.
+    """
+    if "git" not in packages:
+        raise ValueError("tool_packages: git must be among the packages (the step configures it)")
+    return ctx.base_image("debian:trixie", platform=platform).run(
+        ["sh", "/llbgen/install.sh", *packages],
+        mounts=[script("install.sh", _TOOL_PACKAGES), *apt_mounts(platform, flavor)],
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        network="host",
+        name=f"install {' '.join(packages)} for {platform.architecture}",
+    ).root
+
+
 # -- the toolchain --------------------------------------------------------------------------
 
 

@@ -150,6 +150,27 @@ def env_prefix(host: str) -> str:
     return "ANY_REGISTRY"
 
 
+def from_environment(host: str, environ: Mapping[str, str]) -> RegistryCredentials | None:
+    """The credentials ``environ`` gives for ``host`` (see the module docstring), ``ANONYMOUS`` for
+    ``P_PUBLIC_ACCESS_ONLY``, or None when its prefix has nothing set. Raises ``CredentialsError``."""
+    prefix = env_prefix(host)
+    if _truthy(environ.get(f"{prefix}_PUBLIC_ACCESS_ONLY", "")):
+        return ANONYMOUS
+    username = environ.get(f"{prefix}_USERNAME")
+    password = environ.get(f"{prefix}_PASSWORD")
+    if username is None and password is None:
+        return None
+    if username is None or password is None:
+        missing, present = (
+            (f"{prefix}_USERNAME", f"{prefix}_PASSWORD") if username is None else (f"{prefix}_PASSWORD", f"{prefix}_USERNAME")
+        )
+        raise CredentialsError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"registry {host}: {present} is set but {missing} is not",
+        )
+    return RegistryCredentials(username, password)
+
+
 def config_key(host: str) -> str:
     """The docker config key (``auths``/``credHelpers``, and what a helper is asked) for a host."""
     return DOCKER_HUB_CONFIG_KEY if host in DOCKER_HUB_HOSTS else host
@@ -202,24 +223,7 @@ class Auth:
         return (Path(home) if home else Path.home()) / ".docker" / "config.json"
 
     def _from_environment(self, host: str) -> RegistryCredentials | None:
-        prefix = env_prefix(host)
-        if _truthy(self._environ.get(f"{prefix}_PUBLIC_ACCESS_ONLY", "")):
-            return ANONYMOUS
-        username = self._environ.get(f"{prefix}_USERNAME")
-        password = self._environ.get(f"{prefix}_PASSWORD")
-        if username is None and password is None:
-            return None
-        if username is None or password is None:
-            missing, present = (
-                (f"{prefix}_USERNAME", f"{prefix}_PASSWORD")
-                if username is None
-                else (f"{prefix}_PASSWORD", f"{prefix}_USERNAME")
-            )
-            raise CredentialsError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"registry {host}: {present} is set but {missing} is not",
-            )
-        return RegistryCredentials(username, password)
+        return from_environment(host, self._environ)
 
     def _load_config(self) -> tuple[Path, dict[str, Any]]:
         path = self.config_path()
