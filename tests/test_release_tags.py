@@ -80,6 +80,34 @@ def test_a_helper_or_in_graph_image_change_changes_the_tags_of_the_images_using_
     assert repo.tag("hello") == f"1700000000-{first}"
 
 
+CONTEXT_IMAGE = """\
+import llbgen
+
+def build(ctx):
+    return llbgen.scratch().file(llbgen.copy(llbgen.local("context", {include}), "/", "/"))
+"""
+
+
+def test_files_an_image_reads_from_the_build_context_are_inputs_too(repo: Repo) -> None:
+    # maker copies llbgen's source from the context: a change there must give it a new tag
+    first = repo.git("rev-parse", "--short", "HEAD").strip()
+    for name, include in [("tooling", 'include=["tools/", "setup.cfg"]'), ("everything", "")]:
+        (repo.path / "images" / name).mkdir()
+        (repo.path / "images" / name / "image.py").write_text(CONTEXT_IMAGE.format(include=include))
+    (repo.path / "tools").mkdir()
+    (repo.path / "tools/run.py").write_text("print('v1')\n")
+    second = repo.commit(1700000500)
+    (repo.path / "tools/run.py").write_text("print('v2')\n")
+    third = repo.commit(1700000600)
+    assert repo.tag("tooling") == f"1700000600-{third}"
+    (repo.path / "NOTES").write_text("read only by an image that takes the whole context\n")
+    fourth = repo.commit(1700000700)
+    assert repo.tag("tooling") == f"1700000600-{third}"
+    assert repo.tag("everything") == f"1700000700-{fourth}"
+    assert repo.tag("hello") == f"1700000000-{first}"
+    assert second != third
+
+
 def test_uncommitted_changes_give_wip_unless_without_suffix(repo: Repo) -> None:
     first = repo.git("rev-parse", "--short", "HEAD").strip()
     (repo.path / "images/sources/notes.txt").write_text("untracked\n")

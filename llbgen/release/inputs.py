@@ -2,7 +2,8 @@
 
 An image is its own directory, plus the helper modules it loads (``ctx.helper``, or a module
 imported by path from another directory of the project), plus the images it builds into its own
-graph (``ctx.image``) with everything they load in turn. The definition is evaluated for each of
+graph (``ctx.image``) with everything they load in turn, plus the files its graph reads from the
+build context (``local("context", include=[...])``: maker's copy of llbgen's source). The definition is evaluated for each of
 its platforms, and the project's modules imported meanwhile are recorded; base images answer a
 placeholder pin, so this needs no stack and no registry.
 """
@@ -14,8 +15,11 @@ import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import json
+
 import attrs
 
+from llbgen.llb.definition import marshal
 from llbgen.llb.platform import Platform
 from llbgen.llb.state import State
 from llbgen.project import BuildContext, ImageDefinition, Project
@@ -56,6 +60,10 @@ class ImageInputs:
     #: The definition modules of the image and of its in-graph images (``VERSION``, ``SYSTEM_PACKAGES``).
     modules: Mapping[str, types.ModuleType]
     states: Mapping[Platform, State]
+    #: What the graphs read from the build context (the repository's top): include patterns,
+    #: or "." for a context read whole. Excludes are left out: a tag may change needlessly, never
+    #: stay the same when what the image is made of changed.
+    context: tuple[str, ...] = ()
 
     @property
     def module(self) -> types.ModuleType | None:
@@ -113,4 +121,21 @@ def image_inputs(project: Project, name: str, args: Mapping[str, str] | None = N
         # a module in a directory of the project stands for that directory (its data files too)
         paths.add(root / relative.parts[0] if len(relative.parts) > 1 else file)
     others = tuple(i for i in recording.loaded if i != name)
-    return ImageInputs(name, tuple(sorted(paths)), others, modules, states)
+    return ImageInputs(name, tuple(sorted(paths)), others, modules, states, context_patterns(states))
+
+
+def context_patterns(states: Mapping[Platform, State]) -> tuple[str, ...]:
+    """The include patterns of the graphs' ``local://context`` sources ("." when one has none)."""
+    from llbgen.pb import ops_pb2
+
+    patterns: set[str] = set()
+    for platform, state in states.items():
+        for data in marshal(state, platform=platform).ops:
+            op = ops_pb2.Op.FromString(data)
+            if op.WhichOneof("op") == "source" and op.source.identifier == "local://context":
+                include = op.source.attrs.get("local.includepattern")
+                if include:
+                    patterns.update(p.rstrip("/") or "." for p in json.loads(include))
+                else:
+                    patterns.add(".")
+    return tuple(sorted(patterns))

@@ -56,7 +56,8 @@ def toplevel(path: Path) -> Path:
 
 
 def relative_paths(top: Path, inputs: ImageInputs) -> list[str]:
-    return [str(p.relative_to(top.resolve())) for p in inputs.paths]
+    """git pathspecs of what the image is made of: its files, and what it reads from the context."""
+    return [str(p.relative_to(top.resolve())) for p in inputs.paths] + list(inputs.context)
 
 
 def is_dirty(top: Path, paths: Sequence[str]) -> bool:
