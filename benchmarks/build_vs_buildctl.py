@@ -5,7 +5,8 @@ upload:  the first transfer of a 10,000-file / 200 MB context. Both tools solve 
          (printed by ``llbgen llb``); the daemon's cache is pruned before each run.
 rebuild: a fully cached rebuild of images/hello, by llbgen and by buildctl with the equivalent
          Dockerfile. Wall time of the whole command (for llbgen a fresh `python -m llbgen`, as
-         users run it), runs interleaved.
+         users run it), runs interleaved; the clients' CPU; and, from the daemon's build records,
+         where each command's time went: before the daemon had the build, the build, and after.
 
 Usage: .venv/bin/python benchmarks/build_vs_buildctl.py [upload|rebuild|all] [--runs N]
 """
@@ -42,10 +43,15 @@ def build(ctx):
 """
 
 
-def timed(argv: list[str], **kwargs: object) -> float:
+def timed(argv: list[str], spans: list[tuple[float, float]] | None = None, **kwargs: object) -> float:
+    """Wall time of the command; its start and end on the system clock appended to ``spans``."""
+    started = time.time()
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
-    return time.perf_counter() - start
+    took = time.perf_counter() - start
+    if spans is not None:
+        spans.append((started, time.time()))
+    return took
 
 
 def report(name: str, ours: list[float], theirs: list[float], target: float) -> None:
@@ -142,12 +148,67 @@ def rebuild(runs: int) -> None:
             timed(ours_cmd, cwd=ROOT, env=env)  # warm both caches
             timed(theirs_cmd)
             ours, theirs = [], []
+            our_cpu: list[float] = []
+            their_cpu: list[float] = []
+            our_spans: list[tuple[float, float]] = []
+            their_spans: list[tuple[float, float]] = []
             for _ in range(runs):
-                ours.append(timed(ours_cmd, cwd=ROOT, env=env))
-                theirs.append(timed(theirs_cmd))
+                with children_cpu(our_cpu):
+                    ours.append(timed(ours_cmd, our_spans, cwd=ROOT, env=env))
+                with children_cpu(their_cpu):
+                    theirs.append(timed(theirs_cmd, their_spans))
             report("cached rebuild of hello", ours, theirs, 2.5)
+            print(
+                f"rebuild: client CPU median llbgen {statistics.median(our_cpu):.3f}s, "
+                f"buildctl {statistics.median(their_cpu):.3f}s; load average now {os.getloadavg()[0]:.1f}"
+            )
+            records = build_records(address)
+            for name, spans in (("llbgen", our_spans), ("buildctl", their_spans)):
+                print(f"rebuild: {name}: {phases(spans, records)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_records(address: str) -> list[tuple[float, float]]:
+    """(created, completed) of the daemon's finished build records, on the system clock.
+
+    A record is created when the daemon receives the solve, and completed when the build's result
+    is known; the daemon then still writes the record (logs, provenance) before it answers.
+    """
+    listed = subprocess.run(
+        ["buildctl", "--addr", address, "debug", "histories", "--format", "{{json .}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+    def seconds(stamp: dict[str, int]) -> float:
+        return stamp.get("seconds", 0) + stamp.get("nanos", 0) / 1e9
+
+    records = []
+    for line in listed.splitlines():
+        record = json.loads(line).get("record", {})
+        if "CompletedAt" in record:
+            records.append((seconds(record["CreatedAt"]), seconds(record["CompletedAt"])))
+    return records
+
+
+def phases(spans: list[tuple[float, float]], records: list[tuple[float, float]]) -> str:
+    """Medians of where the commands' time went, each command matched with the one build record
+    created while it ran (runs are sequential, and the daemon is the benchmark's own)."""
+    before, build, after = [], [], []
+    for start, end in spans:
+        matched = [r for r in records if start <= r[0] <= end]
+        if len(matched) == 1:
+            created, completed = matched[0]
+            before.append(created - start)
+            build.append(completed - created)
+            after.append(end - completed)
+    if not before:
+        return "no build records matched"
+    return (
+        f"until the daemon had the build {statistics.median(before):.3f}s, the build "
+        f"{statistics.median(build):.3f}s, then until the command ended {statistics.median(after):.3f}s "
+        f"(medians of {len(before)} runs)"
+    )
 
 
 def main() -> None:
@@ -155,7 +216,7 @@ def main() -> None:
     parser.add_argument("which", nargs="?", choices=("upload", "rebuild", "all"), default="all")
     parser.add_argument("--runs", type=int, default=5)
     ns = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, buildctl {subprocess.run(['buildctl', '--version'], capture_output=True, text=True).stdout.split()[2]}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, buildctl {subprocess.run(['buildctl', '--version'], capture_output=True, text=True).stdout.split()[2]}")
     if ns.which in ("upload", "all"):
         upload(ns.runs)
     if ns.which in ("rebuild", "all"):
