@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import attrs
 import pytest
 
 from llbgen.client.connection import PROBE_TIMEOUT
@@ -87,11 +88,18 @@ def test_failed_step_reports_definition_line_command_exit_code_and_log(project: 
 def test_ctrl_c_cancels_the_build_on_the_daemon(project: Cli) -> None:
     project.write_image("sleeper", SLEEPER)
     marker = str(300 + int(uuid.uuid4().int % 1000))
-    proc = start(project, "build", "sleeper", "--progress", "plain", "--arg", f"SECONDS={marker}")
+    # PYTHONFAULTHANDLER: a client that does not exit is made to print where each thread is
+    proc = start(attrs.evolve(project, env={**project.env, "PYTHONFAULTHANDLER": "1"}),
+                 "build", "sleeper", "--progress", "plain", "--arg", f"SECONDS={marker}")  # fmt: skip
     try:
         wait_for(lambda: sleeping(marker), 120, "the build step to start")
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            pytest.fail(f"llbgen did not exit within 30 s of Ctrl-C; its threads:\n{stderr[-6000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
