@@ -42,6 +42,9 @@ def build(ctx):
 
 
 def start(cli: Cli, *args: str) -> subprocess.Popen[str]:
+    """llbgen as a terminal starts it: with SIGINT's default action, which Python turns into
+    KeyboardInterrupt. (A shell's background job, such as a CI runner's, may run this suite with
+    SIGINT ignored; a child inherits that, and Python leaves an ignored SIGINT ignored.)"""
     return subprocess.Popen(
         [sys.executable, "-m", "llbgen", *args],
         cwd=cli.cwd,
@@ -49,6 +52,7 @@ def start(cli: Cli, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
