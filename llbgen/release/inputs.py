@@ -60,10 +60,6 @@ class ImageInputs:
     #: The definition modules of the image and of its in-graph images (``VERSION``, ``SYSTEM_PACKAGES``).
     modules: Mapping[str, types.ModuleType]
     states: Mapping[Platform, State]
-    #: What the graphs read from the build context (the repository's top): include patterns,
-    #: or "." for a context read whole. Excludes are left out: a tag may change needlessly, never
-    #: stay the same when what the image is made of changed.
-    context: tuple[str, ...] = ()
 
     @property
     def module(self) -> types.ModuleType | None:
@@ -121,11 +117,16 @@ def image_inputs(project: Project, name: str, args: Mapping[str, str] | None = N
         # a module in a directory of the project stands for that directory (its data files too)
         paths.add(root / relative.parts[0] if len(relative.parts) > 1 else file)
     others = tuple(i for i in recording.loaded if i != name)
-    return ImageInputs(name, tuple(sorted(paths)), others, modules, states, context_patterns(states))
+    return ImageInputs(name, tuple(sorted(paths)), others, modules, states)
 
 
 def context_patterns(states: Mapping[Platform, State]) -> tuple[str, ...]:
-    """The include patterns of the graphs' ``local://context`` sources ("." when one has none)."""
+    """What the graphs read from the build context (the repository's top): the include patterns
+    of their ``local://context`` sources, "." for one read whole. Excludes are left out: a tag may
+    change needlessly, never stay the same when what the image is made of changed.
+
+    Marshals the graphs: asked for by tags only, not by every user of :func:`image_inputs`.
+    """
     from llbgen.pb import ops_pb2
 
     patterns: set[str] = set()

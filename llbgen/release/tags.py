@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llbgen.llb.errors import LLBGenError
-from llbgen.release.inputs import ImageInputs
+from llbgen.release.inputs import ImageInputs, context_patterns
 
 SCHEMES = ("commit", "tree")
 #: Tags that are rebuilt whatever the registries hold (image-tools: not authoritative builds).
@@ -57,7 +57,7 @@ def toplevel(path: Path) -> Path:
 
 def relative_paths(top: Path, inputs: ImageInputs) -> list[str]:
     """git pathspecs of what the image is made of: its files, and what it reads from the context."""
-    return [str(p.relative_to(top.resolve())) for p in inputs.paths] + list(inputs.context)
+    return [str(p.relative_to(top.resolve())) for p in inputs.paths] + list(context_patterns(inputs.states))
 
 
 def is_dirty(top: Path, paths: Sequence[str]) -> bool:
