@@ -19,12 +19,11 @@ only returned to the cache exporters: the image exporters read the platforms' re
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
-from llbgen.llb.definition import Definition
-from llbgen.llb.graph import Metadata
-from llbgen.llb.location import Location
+from llbgen.llb.definition import Definition, marshal
+from llbgen.llb.existing import ExistingGraph
+from llbgen.llb.merge import merge
 from llbgen.pb import ops_pb2
 
 #: The key of the extra ref in the result's ``refs``: no platform has it (platforms have a "/").
@@ -44,36 +43,8 @@ def join(definitions: Sequence[Definition]) -> Definition:
     The ops are the very bytes of each definition (same digests, so the daemon solves nothing
     twice); only the MergeOp and the terminal op are new.
     """
-    ops: list[bytes] = []
-    digests: list[str] = []
-    metadata: dict[str, Metadata] = {}
-    locations: dict[str, tuple[Location, ...]] = {}
-    heads: list[ops_pb2.Input] = []
+    heads = []
     for definition in definitions:
-        *body, (_, terminal) = list(definition)
-        heads.append(ops_pb2.Op.FromString(terminal).inputs[0])
-        for digest, data in body:
-            if digest not in metadata:
-                ops.append(data)
-                digests.append(digest)
-                metadata[digest] = definition.metadata[digest]
-                if digest in definition.locations:
-                    locations[digest] = definition.locations[digest]
-    merge = ops_pb2.Op(
-        inputs=heads,
-        constraints=ops_pb2.WorkerConstraints(),
-        merge=ops_pb2.MergeOp(inputs=[ops_pb2.MergeInput(input=i) for i in range(len(heads))]),
-    )
-    merge_digest = _append(ops, digests, merge)
-    metadata[merge_digest] = Metadata(caps=frozenset({"mergeop"}), description={"llb.customname": NAME})
-    terminal_digest = _append(ops, digests, ops_pb2.Op(inputs=[ops_pb2.Input(digest=merge_digest)]))
-    metadata[terminal_digest] = Metadata(caps=frozenset({"constraints", "platform", "meta.description"}))
-    return Definition(tuple(ops), tuple(digests), metadata, locations)
-
-
-def _append(ops: list[bytes], digests: list[str], op: ops_pb2.Op) -> str:
-    data = op.SerializeToString(deterministic=True)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    ops.append(data)
-    digests.append(digest)
-    return digest
+        head = ops_pb2.Op.FromString(definition.ops[-1]).inputs[0]
+        heads.append(ExistingGraph(definition).state(head.digest, head.index))
+    return marshal(merge(heads, name=NAME))
