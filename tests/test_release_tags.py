@@ -132,7 +132,7 @@ def test_version_prefix_from_version_sh_else_the_definitions_version(repo: Repo)
 def test_tree_tag_is_a_git_tree_of_exactly_the_inputs(repo: Repo) -> None:
     tree = repo.tag("bpftool", "--scheme", "tree")
     files = set(repo.git("ls-tree", "-r", "--name-only", tree).split())
-    expected = set(repo.git("ls-files", "images/bpftool", "images/compilers", "images/sources").split())
+    expected = set(repo.git("ls-files", "images/bpftool", "images/compilers", "images/compilers-ccache", "images/sources").split())
     assert files == expected
     hello = repo.tag("hello", "--scheme", "tree")
     assert repo.git("rev-parse", f"{hello}:images/hello") == repo.git("rev-parse", "HEAD:images/hello")

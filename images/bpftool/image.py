@@ -1,7 +1,9 @@
 """bpftool from Debian's kernel source, statically linked, alone in a scratch image.
 
 Built on the build platform for each target (cross-compiled for arm64), against a static libelf
-built from Debian's elfutils source for that target, and Debian's static zlib and zstd.
+built from Debian's elfutils source for that target, and Debian's static zlib and zstd. bpftool's
+compiles go through ccache (a cache mount per build platform, which ``llbgen publish`` carries
+through the registry); images/bpftool/patches/*.patch, if any, are applied to the kernel tree.
 
 Build args:
   BUILD=cross (default) | emulated      emulated: build on the target platform (arm64 under QEMU)
@@ -18,11 +20,17 @@ The exact Debian versions a build used are printed in its log ("llbgen: Debian s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import llbgen
 
 PLATFORMS = ("linux/amd64", "linux/arm64")
+# llbgen publish carries ccache through the registry (README, "Cache mounts").
+CACHE_MOUNTS = ("bpftool-ccache-*",)
+# Patches to the kernel's sources, applied after unpacking (none is the usual case).
+PATCHES = Path(__file__).resolve().parent / "patches"
+CCACHE_DIR = "/ccache"
 
 # PINS. Debian's mirror keeps only the current revisions of a source package, so these are upstream
 # versions (any Debian revision of them will do; the build records which one it got), with the
@@ -75,6 +83,11 @@ BPFTOOL = r"""
 set -eu
 arch=$1 cross=$2
 cc=${cross}gcc
+# Every compiler the build runs (the host's gcc for bpftool's bootstrap, the cross gcc) is ccache's
+# link to it: the compilers-ccache image has one for each compiler installed.
+[ -x "/usr/lib/ccache/$cc" ] || { echo "error: ccache has no link for $cc in /usr/lib/ccache" >&2; exit 1; }
+PATH=/usr/lib/ccache:$PATH
+ccache -z >/dev/null
 field() { sed -n "s/^$1 = *//p" /src/Makefile; }
 kernel=$(field VERSION).$(field PATCHLEVEL).$(field SUBLEVEL)$(field EXTRAVERSION)
 libbpf() { sed -n "s/^#define LIBBPF_$1_VERSION //p" /src/tools/lib/bpf/libbpf_version.h; }
@@ -87,6 +100,7 @@ mkdir -p /build
 make -s -j2 -C /src/tools/bpf/bpftool OUTPUT=/build/ ${cross:+ARCH=$arch CROSS_COMPILE=$cross} \
     BPFTOOL_VERSION="$version" EXTRA_CFLAGS="-I/opt/libelf/include" \
     EXTRA_LDFLAGS="-static -L/opt/libelf/lib" 'LIBS=$(LIBBPF) -lelf -lz -lzstd'
+ccache -s | sed 's/^/ccache: /'
 mkdir -p /out
 "${cross}strip" --strip-all -o /out/bpftool /build/bpftool
 # Where it all came from: the sources, and the Debian packages of the static libraries.
@@ -147,13 +161,15 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
     debian = ctx.helper("sources/debian")
     emulated = ctx.choice("BUILD", ("cross", "emulated")) == "emulated"
     tc = debian.toolchain(ctx, emulated=emulated)
+    # bpftool's compiles go through ccache; libelf's do not (it changes only with the compilers)
+    cc = debian.toolchain(ctx, emulated=emulated, ccache=True)
     arch = ctx.target_platform.architecture
     how = "natively" if not tc.is_cross else f"with {tc.cross_compile}gcc"
 
     # Sources: downloaded and unpacked once, on the build platform, whatever the target.
     unpack_in = debian.compilers(ctx)
     linux, elfutils = sources(ctx)
-    linux_tree = linux.unpack(unpack_in, LINUX_PATHS)
+    linux_tree = debian.patched(ctx, linux.unpack(unpack_in, LINUX_PATHS), PATCHES)
     elfutils_tree = elfutils.unpack(unpack_in)
 
     libelf = tc.state.run(
@@ -167,14 +183,17 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
         name=f"build a static libelf for {arch} {how}",
     ).mount("/out")
 
-    binary = tc.state.run(
-        ["sh", "/llbgen/bpftool.sh", arch, tc.cross_compile],
+    binary = cc.state.run(
+        ["sh", "/llbgen/bpftool.sh", arch, cc.cross_compile],
         mounts=[
             debian.script("bpftool.sh", BPFTOOL),
             llbgen.bind("/src", linux_tree, readonly=True),
             llbgen.bind("/opt/libelf", libelf, readonly=True),
             llbgen.bind("/out", llbgen.scratch()),
+            # one per machine the compiles run on; the targets' builds take turns (ccache's rule)
+            llbgen.cache(CCACHE_DIR, f"bpftool-ccache-{cc.runs_on.id}", sharing="locked"),
         ],
+        env={"CCACHE_DIR": CCACHE_DIR, "CCACHE_MAXSIZE": "1G"},
         network="none",
         name=f"build bpftool for {arch} {how}, static",
     ).mount("/out")

@@ -1,8 +1,8 @@
-"""The compilers image with ccache: what llvm's build steps run in (its compiles go through ccache),
-and patch(1), which applies llvm's own patches to the sources.
+"""The compilers image with ccache: what llvm's and bpftool's compiles run in (through ccache), and
+patch(1), which applies an image's patches to its sources (sources/debian.py, patched()).
 
-Its own image because it installs a Debian package over the network: llvm's steps then run
-without network (llbgen lint). Built into llvm's graph for the build platform.
+Its own image because it installs Debian packages over the network: the build steps then run
+without network (llbgen lint). Built into those images' graphs.
 """
 
 from __future__ import annotations

@@ -101,14 +101,6 @@ COMMON_OPTIONS = [
 
 # Patches to LLVM's sources, applied after unpacking (none is the usual case).
 PATCHES = Path(__file__).resolve().parent / "patches"
-PATCH = r"""
-set -eu
-for p in /patches/*.patch; do
-    echo "llbgen: applying ${p#/patches/}"
-    patch -p1 --forward --batch -d /src <"$p"
-    printf 'patch %s sha256:%s\n' "${p#/patches/}" "$(sha256sum "$p" | cut -d' ' -f1)" >>/src/.provenance
-done
-"""
 
 NATIVE_DIR = "/native"  # where the native tablegens are mounted in the target steps
 CCACHE_DIR = "/ccache"
@@ -231,25 +223,7 @@ def source(ctx: llbgen.BuildContext) -> llbgen.State:
                 f"SOURCE=upstream needs --arg LLVM_TARBALL_SHA256=<sha256 of llvm-project-{version}.src.tar.xz>"
             )
         package = debian.tarball("llvm-project", version, LLVM_URL.format(version=version), sha256=sha)
-    return patched(ctx, package.unpack(debian.compilers(ctx), SOURCE_PATHS))
-
-
-def patched(ctx: llbgen.BuildContext, tree: llbgen.State) -> llbgen.State:
-    """``tree`` with ``PATCHES`` applied in order (``patch -p1``, from the monorepo's top), each named in
-    its /.provenance; ``tree`` itself when there are none, so the graph is the same as without."""
-    patches = sorted(PATCHES.glob("*.patch"))
-    if not patches:
-        return tree
-    action = llbgen.mkfile(f"/{patches[0].name}", 0o644, patches[0].read_text())
-    for path in patches[1:]:
-        action = action.mkfile(f"/{path.name}", 0o644, path.read_text())
-    files = llbgen.scratch().file(action, name=f"patches: {' '.join(p.name for p in patches)}")
-    return builder(ctx).run(
-        ["sh", "-c", PATCH, "patch"],
-        mounts=[llbgen.bind("/src", tree), llbgen.bind("/patches", files, readonly=True)],
-        network="none",
-        name=f"apply {len(patches)} patch(es) from images/llvm/patches",
-    ).mount("/src")
+    return debian.patched(ctx, package.unpack(debian.compilers(ctx), SOURCE_PATHS), PATCHES)
 
 
 def ccache(ctx: llbgen.BuildContext) -> llbgen.llb.mounts.Mount:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import llbgen
 
@@ -122,6 +123,7 @@ class Toolchain:
     state: llbgen.State  # the compilers image to run the build steps in
     target: llbgen.Platform
     cross_compile: str  # "" for a native build, else "aarch64-linux-gnu-"...
+    runs_on: llbgen.Platform  # the platform of ``state``: the target's, or the build platform's
 
     @property
     def triplet(self) -> str:
@@ -132,22 +134,29 @@ class Toolchain:
         return bool(self.cross_compile)
 
 
-def toolchain(ctx: llbgen.BuildContext, *, emulated: bool = False) -> Toolchain:
+def toolchain(ctx: llbgen.BuildContext, *, emulated: bool = False, ccache: bool = False) -> Toolchain:
     """The toolchain that builds for ``ctx.target_platform``.
 
     Cross (default): the build platform's compilers image with its cross compiler for the target.
     ``emulated``: the target platform's own compilers image, run natively there (under QEMU when
     the target is not the daemon's platform); slower, kept for comparison.
+    ``ccache``: the compilers-ccache image instead (compilers with ccache and patch), for builds
+    whose compiles go through ccache: ``PATH=/usr/lib/ccache:$PATH`` makes every compiler of the
+    image, the cross compilers too, a ccache in front of it.
     """
     target = ctx.target_platform
     if target.architecture not in TRIPLETS:
         raise ValueError(f"no toolchain for {target}: the compilers image targets {', '.join(TRIPLETS)}")
+
+    def image(platform: llbgen.Platform) -> llbgen.State:
+        return ctx.image("compilers-ccache", platform=platform) if ccache else compilers(ctx, platform)
+
     if emulated or target == ctx.build_platform:
-        return Toolchain(compilers(ctx, target), target, "")
+        return Toolchain(image(target), target, "", target)
     build = ctx.build_platform
     if CROSS_ARCH.get(build.architecture) != target.architecture:
         raise ValueError(f"the compilers image for {build} cannot cross-compile for {target}")
-    return Toolchain(compilers(ctx, build), target, TRIPLETS[target.architecture] + "-")
+    return Toolchain(image(build), target, TRIPLETS[target.architecture] + "-", build)
 
 
 # -- Debian source packages -------------------------------------------------------------------
@@ -309,6 +318,40 @@ class Source:
             name=f"unpack {self.name} {self.version}" + (f": {' '.join(paths)}" if paths else ""),
         )
         return step.mount("/out")
+
+
+_PATCH = r"""
+set -eu
+for p in /patches/*.patch; do
+    echo "llbgen: applying ${p#/patches/}"
+    patch -p1 --forward --batch -d /src <"$p"
+    printf 'patch %s sha256:%s\n' "${p#/patches/}" "$(sha256sum "$p" | cut -d' ' -f1)" >>/src/.provenance
+done
+"""
+
+
+def patched(ctx: llbgen.BuildContext, tree: llbgen.State, directory: Path) -> llbgen.State:
+    """``tree`` (an unpacked source) with ``directory``/*.patch applied in order (``patch -p1`` from
+    its top), each named with its checksum in its /.provenance.
+
+    ``tree`` itself when there are none, so that an image's graph is the same as without: an
+    image's patches directory is where a local change to its sources goes (and the one-line change
+    the cache benchmarks make).
+    """
+    patches = sorted(directory.glob("*.patch"))
+    if not patches:
+        return tree
+    action = llbgen.mkfile(f"/{patches[0].name}", 0o644, patches[0].read_text())
+    for path in patches[1:]:
+        action = action.mkfile(f"/{path.name}", 0o644, path.read_text())
+    files = llbgen.scratch().file(action, name=f"patches: {' '.join(p.name for p in patches)}")
+    where = f"images/{directory.parent.name}/{directory.name}"
+    return ctx.image("compilers-ccache", platform=ctx.build_platform).run(
+        ["sh", "-c", _PATCH, "patch"],
+        mounts=[llbgen.bind("/src", tree), llbgen.bind("/patches", files, readonly=True)],
+        network="none",
+        name=f"apply {len(patches)} patch(es) from {where}",
+    ).mount("/src")
 
 
 def pinned(ctx: llbgen.BuildContext, version_arg: str, sha_arg: str, version: str, sha: str) -> tuple[str, str]:
