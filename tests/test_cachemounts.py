@@ -251,6 +251,7 @@ def test_a_new_daemon_seeded_from_the_registry_hits_ccache_and_builds_what_a_col
     cache_id = uuid.uuid4().hex[:12]
     common = ["build", "ccdemo", "--arg", f"COMPILERS={compilers}", "--local", f"context={context}", "--progress", "plain"]
     cache_ref = f"{registry}/ccdemo-cache:main"
+    layers_ref = f"{registry}/ccdemo-layers:main"
 
     def build(environment: dict[str, str], name: str, *extra: str, id: str = cache_id) -> str:
         run = _llbgen(environment, DATA / "images", *common, "--arg", f"CACHE_ID={id}", "-o", f"type=local,dest={tmp_path / name}", *extra)
@@ -258,7 +259,10 @@ def test_a_new_daemon_seeded_from_the_registry_hits_ccache_and_builds_what_a_col
         return run.stderr
 
     # A: the stack's daemon; no seed yet (a warning), the cache exported after the build.
-    log_a = build(env, "a", "--cache-mounts-from", cache_ref, "--cache-mounts-to", cache_ref)
+    log_a = build(
+        env, "a", "--cache-mounts-from", cache_ref, "--cache-mounts-to", cache_ref,
+        "--cache-to", f"type=registry,ref={layers_ref},mode=max",
+    )  # fmt: skip
     assert f"llbgen: warning: --cache-mounts-from {cache_ref}: not in the registry; building without seeding" in log_a
     assert _hits(log_a) == "0 / 5"
     first = _layers(cache_ref)
@@ -274,10 +278,16 @@ def test_a_new_daemon_seeded_from_the_registry_hits_ccache_and_builds_what_a_col
     state = Path(f"/tmp/llbgen-cm-{uuid.uuid4().hex[:8]}")  # short: the daemon's socket lives in it
     try:
         with private_daemon(state) as address:
-            log_b = build(dict(env, BUILDKIT_HOST=address), "b", "--cache-mounts-from", cache_ref)
+            log_b = build(
+                dict(env, BUILDKIT_HOST=address), "b", "--cache-mounts-from", cache_ref,
+                "--cache-from", f"type=registry,ref={layers_ref}",
+            )  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(state)], check=False)
     assert f"llbgen: cache mount ccdemo-ccache-{cache_id}: seeded" in log_b
+    # the compile's root came from the registry cache, for the seeding's copy steps too
+    assert "prepare the compile's root" in log_b
+    assert "llbgen-test: prepared the root" not in log_b
     assert _hits(log_b) == "4 / 5"  # every file but part2.c
     # C: a cold build of the same change (an empty cache mount of another id).
     log_c = build(env, "c", id=uuid.uuid4().hex[:12])

@@ -113,7 +113,7 @@ def build(
         if printer is None:
             printer = open_printer(options.progress, sys.stderr)
         try:
-            side = functools.partial(_side_build, connection, options, dirs, printer)
+            side = functools.partial(_side_build, connection, options, dirs, printer, caches, cache_from)
             if transfer is not None:
                 transfer.seed(side)
             response = run_build(connection, request, services, printer.update)
@@ -155,20 +155,27 @@ def _side_build(
     options: BuildOptions,
     dirs: Mapping[str, Path],
     printer: Printer,
+    caches: LocalCaches | None,
+    cache_from: Sequence[CacheOption],
     target: Target,
     outputs: Sequence[Output],
     flag: str,
 ) -> dict[str, str]:
-    """A build of its own on the build's connection, for its cache mounts; a failure is one line."""
+    """A build of its own on the build's connection, for its cache mounts; a failure is one line.
+
+    It imports the build's caches: its copy steps run on root filesystems of the build's, which a
+    fresh daemon (a CI runner) then pulls from the registry cache rather than builds.
+    """
     request = BuildRequest(
         targets=[target],
         outputs=outputs,
+        cache_from=cache_from,
         entitlements=sorted(set(options.allow) | entitlements_used([target.definition])),
         # a fixed creation time for images: an unchanged cache mount pushes the same image again
         frontend_attrs={"platform": str(target.platform), "build-arg:SOURCE_DATE_EPOCH": "0"},
     )
     try:
-        return run_build(connection, request, _services(attrs.evolve(options, outputs=outputs), dirs, None), printer.update)
+        return run_build(connection, request, _services(attrs.evolve(options, outputs=outputs), dirs, caches), printer.update)
     except BuildFailed as exc:
         raise LLBGenError(f"{flag}: {_side_failure(printer.tracker, str(exc))}") from None
 

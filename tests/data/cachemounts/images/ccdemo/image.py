@@ -27,8 +27,15 @@ def build(ctx: llbgen.BuildContext) -> llbgen.State:
     if not compilers or "@sha256:" not in compilers:
         raise ValueError("pass --arg COMPILERS=REF@sha256:... (the compilers-ccache image)")
     src = llbgen.local("context", include=["src/*.c"])
+    # A step of the build's own under the compile: a new daemon gets it from --cache-from, seeding
+    # and exporting included (the copy steps run on the compile's root).
+    prepared = llbgen.image(compilers).run(
+        ["sh", "-c", "mkdir -p /build-root && echo llbgen-test: prepared the root"],
+        network="none",
+        name="prepare the compile's root",
+    )
     return (
-        llbgen.image(compilers)
+        prepared.root
         .run(
             ["sh", "-c", COMPILE],
             mounts=[
