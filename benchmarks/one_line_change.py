@@ -126,7 +126,7 @@ def main() -> None:
         shutil.copy(PATCHES / f"{ns.image}-one-line.patch", patches / "9999-one-line.patch")
         fresh_daemon_build(
             ns.state, images, ns.image, "one line changed, seeded", work,
-            "--cache-from", f"type=registry,ref={cache}", "--cache-mounts-from", mounts,
+            "--cache-from", f"type=registry,ref={cache}", "--cache-mounts-from", f"{mounts},ids={ns.image}-ccache-*",
         )  # fmt: skip
 
 
