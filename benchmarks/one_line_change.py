@@ -11,13 +11,16 @@ changed IMAGE   a copy of images/ with benchmarks/patches/IMAGE-one-line.patch i
                 IMAGE/patches/, built for both platforms by another fresh daemon with
                 ``--cache-from`` and ``--cache-mounts-from`` those two
 both IMAGE      one after the other, in one run (the default)
+--layers-only   the changed build imports the registry cache alone, not the cache mounts (what
+                an empty runner does without ``--cache-mounts-from``)
 
-Wall times of whole ``llbgen build`` commands, the steps that ran with their times, and ccache's
-hits per step, from the plain progress. The daemons' state goes under --state (default: /var/tmp,
-which must hold an llvm build's: about 30 GB).
+Wall times of whole ``llbgen build`` commands, the steps that took a second or more (running, or
+pulling a cached result) with their times, and ccache's hits per step, from the plain progress.
+The daemons' state goes under --state (default: /var/tmp, which must hold an llvm build's: about
+30 GB).
 
 Usage: .venv/bin/python benchmarks/one_line_change.py [cold|changed|both] IMAGE [--tag TAG]
-       (needs scripts/stack-up)
+           [--layers-only]   (needs scripts/stack-up)
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("image", choices=sorted(p.name.removesuffix("-one-line.patch") for p in PATCHES.glob("*.patch")))
     parser.add_argument("--tag", default="bench", help="tag of the caches in the registry")
     parser.add_argument("--state", type=Path, default=Path("/var/tmp"), help="where the daemons' state goes")
+    parser.add_argument("--layers-only", action="store_true", help="changed: without --cache-mounts-from")
     ns = parser.parse_args()
     registry = f"{stack_env()['LLBGEN_REGISTRY']}/llbgen-bench"
     cache, mounts = f"{registry}/{ns.image}-cache:{ns.tag}", f"{registry}/{ns.image}-ccache:{ns.tag}"
@@ -124,10 +128,9 @@ def main() -> None:
         patches = images / ns.image / "patches"
         patches.mkdir(exist_ok=True)
         shutil.copy(PATCHES / f"{ns.image}-one-line.patch", patches / "9999-one-line.patch")
-        fresh_daemon_build(
-            ns.state, images, ns.image, "one line changed, seeded", work,
-            "--cache-from", f"type=registry,ref={cache}", "--cache-mounts-from", f"{mounts},ids={ns.image}-ccache-*",
-        )  # fmt: skip
+        seed = [] if ns.layers_only else ["--cache-mounts-from", f"{mounts},ids={ns.image}-ccache-*"]
+        label = "one line changed, registry cache only" if ns.layers_only else "one line changed, seeded"
+        fresh_daemon_build(ns.state, images, ns.image, label, work, "--cache-from", f"type=registry,ref={cache}", *seed)
 
 
 if __name__ == "__main__":
