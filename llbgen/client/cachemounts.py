@@ -19,8 +19,9 @@ build's own definition (its cache keys, its result) untouched:
 The copy steps run on the root filesystem of a build step that uses the mount: it is an
 environment where the mount's files make sense, and it has ``sh`` and ``cp`` whenever the build
 step is a shell command. Those root filesystems are the build's own ops (same digests), so they
-come from the daemon's cache or the build's ``--cache-from`` (the copy steps' builds import it too),
-and a seed step builds, before the build, only what the build builds anyway. Each copy step must run on every build (the mount's contents are not part of any cache
+come from the daemon's cache or the build's ``--cache-from`` (the copy steps' builds import it
+too), and a seed step builds, before the build, only what the build builds anyway. Each copy step
+must run on every build (the mount's contents are not part of any cache
 key), but not with ``ignore_cache``: BuildKit gives a step that ignores the cache fresh, empty
 cache mounts (its rule for ``--no-cache``, which therefore makes seeding pointless). So each copy
 step carries a random token in its environment: a new op every time, never found in the cache.
