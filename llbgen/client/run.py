@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -84,7 +85,10 @@ def build(
         connection = _connect(choice, options)
     try:
         probed = connection.start_probe()
-        definition = project.definition(options.image)  # while the daemon answers
+        # While the daemon answers: the definition, and the session's HTTP/2 module (else loaded on
+        # the session's thread when it attaches, the solve waiting behind it).
+        definition = project.definition(options.image)
+        importlib.import_module("llbgen.session.bridge")
         info = probed()
         native = info.platforms[0] if info.platforms else Platform.host()
         platforms = list(options.platforms or [definition.default_platform(native)])

@@ -276,7 +276,8 @@ class Session:
         return asyncio.run_coroutine_threadsafe(self._attach(channel), self._server.loop)
 
     async def _attach(self, channel: grpc.aio.Channel) -> None:
-        # Imported here, on the session's thread: a command's start-up does not wait for h2.
+        # Imported here, not at the top: a command that starts no session does not load h2 (a build
+        # loads it while it waits for the daemon's first answer, llbgen.client.run).
         from llbgen.session.bridge import Bridge
 
         loop = asyncio.get_running_loop()
