@@ -3,12 +3,12 @@
 What a CI runner that starts empty does for every change to an image, with ``llbgen publish``'s
 caches (its layers, and its compiler cache through ``--cache-mounts-to``):
 
-cold IMAGE      a fresh private daemon builds IMAGE for both platforms from nothing, exporting
-                its registry cache (mode=max) to llbgen-bench/IMAGE-cache:TAG and its ccache
+cold IMAGE      a fresh private daemon builds IMAGE (both platforms, or --platform) from
+                nothing, exporting its registry cache (mode=max) to llbgen-bench/IMAGE-cache:TAG and its ccache
                 mounts (IMAGE-ccache-*, the image's CACHE_MOUNTS) to llbgen-bench/IMAGE-ccache:TAG
                 in the stack's registry
 changed IMAGE   a copy of images/ with benchmarks/patches/IMAGE-one-line.patch in
-                IMAGE/patches/, built for both platforms by another fresh daemon with
+                IMAGE/patches/, built for the same platforms by another fresh daemon with
                 ``--cache-from`` and ``--cache-mounts-from`` those two
 both IMAGE      one after the other, in one run (the default)
 --layers-only   the changed build imports the registry cache alone, not the cache mounts (what
@@ -20,7 +20,7 @@ The daemons' state goes under --state (default: /var/tmp, which must hold an llv
 30 GB).
 
 Usage: .venv/bin/python benchmarks/one_line_change.py [cold|changed|both] IMAGE [--tag TAG]
-           [--layers-only]   (needs scripts/stack-up)
+           [--layers-only] [--platform P,...]   (needs scripts/stack-up)
 """
 
 from __future__ import annotations
@@ -44,13 +44,12 @@ PLATFORMS = "linux/amd64,linux/arm64"
 
 
 def build(images: Path, address: str, image: str, log: Path, *extra: str) -> float:
-    """Wall time of one ``llbgen --images IMAGES build IMAGE`` for both platforms; its log in ``log``."""
+    """Wall time of one ``llbgen --images IMAGES build IMAGE``; its log in ``log``."""
     env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "llbgen", "--images", str(images), "build", image, "--platform", PLATFORMS,
-             "--progress", "plain", *extra],
+            [sys.executable, "-m", "llbgen", "--images", str(images), "build", image, "--progress", "plain", *extra],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -112,6 +111,7 @@ def main() -> None:
     parser.add_argument("--tag", default="bench", help="tag of the caches in the registry")
     parser.add_argument("--state", type=Path, default=Path("/var/tmp"), help="where the daemons' state goes")
     parser.add_argument("--layers-only", action="store_true", help="changed: without --cache-mounts-from")
+    parser.add_argument("--platform", default=PLATFORMS, help=f"the platforms built (default {PLATFORMS})")
     ns = parser.parse_args()
     registry = f"{stack_env()['LLBGEN_REGISTRY']}/llbgen-bench"
     cache, mounts = f"{registry}/{ns.image}-cache:{ns.tag}", f"{registry}/{ns.image}-ccache:{ns.tag}"
@@ -119,7 +119,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
     if ns.which in ("cold", "both"):
         fresh_daemon_build(
-            ns.state, ROOT / "images", ns.image, "cold", work,
+            ns.state, ROOT / "images", ns.image, "cold", work, "--platform", ns.platform,
             "--cache-to", f"type=registry,ref={cache},mode=max", "--cache-mounts-to", f"{mounts},ids={ns.image}-ccache-*",
         )  # fmt: skip
     if ns.which in ("changed", "both"):
@@ -130,7 +130,10 @@ def main() -> None:
         shutil.copy(PATCHES / f"{ns.image}-one-line.patch", patches / "9999-one-line.patch")
         seed = [] if ns.layers_only else ["--cache-mounts-from", f"{mounts},ids={ns.image}-ccache-*"]
         label = "one line changed, registry cache only" if ns.layers_only else "one line changed, seeded"
-        fresh_daemon_build(ns.state, images, ns.image, label, work, "--cache-from", f"type=registry,ref={cache}", *seed)
+        fresh_daemon_build(
+            ns.state, images, ns.image, label, work, "--platform", ns.platform,
+            "--cache-from", f"type=registry,ref={cache}", *seed,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
