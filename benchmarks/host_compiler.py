@@ -47,8 +47,8 @@ def main() -> None:
     if proc.returncode != 0:
         raise SystemExit(f"build failed (log: {log}):\n{log.read_text()[-4000:]}")
     text = log.read_text()
-    for line in re.findall(r"llbgen: hostcc: (\d+ objects of \d+)", text) + re.findall(r"^#\d+ [0-9.]+ ((?:gcc|clang|Debian clang).* version .*)$", text, re.MULTILINE):
-        print(line)
+    for line in re.findall(r"llbgen: hostcc: ((?!round ).+)$", text, re.MULTILINE):
+        print(line)  # the sample's size, the compilers' versions
     times: dict[str, list[float]] = {}
     for compiler, seconds in re.findall(r"^round \d+ (\w+) ([0-9.]+) s$", (work / "out" / "times.txt").read_text(), re.MULTILINE):
         times.setdefault(compiler, []).append(float(seconds))

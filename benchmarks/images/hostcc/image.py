@@ -27,7 +27,7 @@ cmake -S /src/llvm -B /build-clang "$@" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COM
 ninja -C /build -t commands $TOOLS | grep -o ' -o [^ ]*\.o ' | awk '{print $2}' | sort -u |
     awk -v n="$every" 'NR % n == 0' >/tmp/sample
 echo "llbgen: hostcc: $(wc -l </tmp/sample) objects of $(ninja -C /build -t commands $TOOLS | grep -c ' -o [^ ]*\.o ')"
-gcc --version | head -n 1; clang --version | head -n 1
+echo "llbgen: hostcc: $(gcc --version | head -n 1); $(clang --version | head -n 1)"
 for tree in /build /build-clang; do
     # what the sample's compiles need first (generated headers: ninja's order-only inputs), untimed
     ninja -C "$tree" -t query $(cat /tmp/sample) | awk '$1 == "||" {print $2}' | sort -u |
