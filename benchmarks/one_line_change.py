@@ -4,9 +4,9 @@ What a CI runner that starts empty does for every change to an image, with ``llb
 caches (its layers, and its compiler cache through ``--cache-mounts-to``):
 
 cold IMAGE      a fresh private daemon builds IMAGE (both platforms, or --platform) from
-                nothing, exporting its registry cache (mode=max) to llbgen-bench/IMAGE-cache:TAG and its ccache
-                mounts (IMAGE-ccache-*, the image's CACHE_MOUNTS) to llbgen-bench/IMAGE-ccache:TAG
-                in the stack's registry
+                nothing, exporting its registry cache (mode=max) to llbgen-bench/IMAGE-cache:TAG
+                and its ccache mounts (IMAGE-ccache-*, the image's CACHE_MOUNTS) to
+                llbgen-bench/IMAGE-ccache:TAG in the stack's registry
 changed IMAGE   a copy of images/ with benchmarks/patches/IMAGE-one-line.patch in
                 IMAGE/patches/, built for the same platforms by another fresh daemon with
                 ``--cache-from`` and ``--cache-mounts-from`` those two
