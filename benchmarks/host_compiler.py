@@ -35,7 +35,8 @@ def main() -> None:
     shutil.copytree(ROOT / "images", images, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(Path(__file__).resolve().parent / "images" / "hostcc", images / "hostcc")
     env = dict(os.environ, BUILDKIT_HOST=stack_env()["BUILDKIT_HOST"], LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
-    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"machine: {os.cpu_count()} cores, {now}, load {os.getloadavg()[0]:.1f}")
     log = work / "build.log"
     with log.open("w") as out:
         proc = subprocess.run(
@@ -50,11 +51,13 @@ def main() -> None:
     for line in re.findall(r"llbgen: hostcc: ((?!round ).+)$", text, re.MULTILINE):
         print(line)  # the sample's size, the compilers' versions
     times: dict[str, list[float]] = {}
-    for compiler, seconds in re.findall(r"^round \d+ (\w+) ([0-9.]+) s$", (work / "out" / "times.txt").read_text(), re.MULTILINE):
+    rounds = (work / "out" / "times.txt").read_text()
+    for compiler, seconds in re.findall(r"^round \d+ (\w+) ([0-9.]+) s$", rounds, re.MULTILINE):
         times.setdefault(compiler, []).append(float(seconds))
     for compiler, values in times.items():
         print(f"{compiler}: {', '.join(f'{v:.1f}' for v in values)} s (rounds)")
-    print(f"clang/gcc = {statistics.median(times['clang']) / statistics.median(times['gcc']):.2f}; load {os.getloadavg()[0]:.1f}; log {log}")
+    ratio = statistics.median(times["clang"]) / statistics.median(times["gcc"])
+    print(f"clang/gcc = {ratio:.2f}; load {os.getloadavg()[0]:.1f}; log {log}")
 
 
 if __name__ == "__main__":

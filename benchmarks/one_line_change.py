@@ -107,7 +107,8 @@ def fresh_daemon_build(root: Path, images: Path, image: str, label: str, work: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="?", choices=("cold", "changed", "both"), default="both")
-    parser.add_argument("image", choices=sorted(p.name.removesuffix("-one-line.patch") for p in PATCHES.glob("*.patch")))
+    patched = sorted(p.name.removesuffix("-one-line.patch") for p in PATCHES.glob("*.patch"))
+    parser.add_argument("image", choices=patched)
     parser.add_argument("--tag", default="bench", help="tag of the caches in the registry")
     parser.add_argument("--state", type=Path, default=Path("/var/tmp"), help="where the daemons' state goes")
     parser.add_argument("--layers-only", action="store_true", help="changed: without --cache-mounts-from")
@@ -116,11 +117,13 @@ def main() -> None:
     registry = f"{stack_env()['LLBGEN_REGISTRY']}/llbgen-bench"
     cache, mounts = f"{registry}/{ns.image}-cache:{ns.tag}", f"{registry}/{ns.image}-ccache:{ns.tag}"
     work = Path(tempfile.mkdtemp(prefix="llbgen-bench-change-"))
-    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"machine: {os.cpu_count()} cores, {now}, load {os.getloadavg()[0]:.1f}")
     if ns.which in ("cold", "both"):
         fresh_daemon_build(
             ns.state, ROOT / "images", ns.image, "cold", work, "--platform", ns.platform,
-            "--cache-to", f"type=registry,ref={cache},mode=max", "--cache-mounts-to", f"{mounts},ids={ns.image}-ccache-*",
+            "--cache-to", f"type=registry,ref={cache},mode=max",
+            "--cache-mounts-to", f"{mounts},ids={ns.image}-ccache-*",
         )  # fmt: skip
     if ns.which in ("changed", "both"):
         images = work / "images"

@@ -3,7 +3,8 @@
 Built by benchmarks/host_compiler.py in a copy of images/ (it reads llvm's definition, as a helper,
 for the same sources, options and configured tree). Both compilers compile the same sample of the
 translation units of clang, llc and llvm-objcopy, one at a time, ccache off; the generated headers
-they need (ninja's order-only inputs: generated headers) are made first, untimed. The result is /times.txt: seconds per sample and compiler.
+they need (ninja's order-only inputs: generated headers) are made first, untimed. The result is
+/times.txt: seconds per sample and compiler.
 
 Build args: EVERY=<n> (the sample: every n-th C++ object, default 40), ROUNDS=<n> (default 2:
 gcc, clang, gcc, clang..., so that a change of load shows as a difference between rounds).
@@ -42,7 +43,8 @@ while [ "$round" -le "$rounds" ]; do
         start=$(date +%s.%N)
         xargs -a /tmp/sample ninja -C "$tree" -j1 >/tmp/ninja.log 2>&1 || { tail -n 40 /tmp/ninja.log >&2; exit 1; }
         end=$(date +%s.%N)
-        echo "round $round $compiler $(echo "$end - $start" | bc) s" | tee -a /out/times.txt | sed 's/^/llbgen: hostcc: /'
+        echo "round $round $compiler $(echo "$end - $start" | bc) s" | tee -a /out/times.txt |
+            sed 's/^/llbgen: hostcc: /'
     done
     round=$((round + 1))
 done
