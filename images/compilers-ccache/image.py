@@ -1,5 +1,7 @@
-"""The compilers image with ccache: what llvm's and bpftool's compiles run in (through ccache), and
-patch(1), which applies an image's patches to its sources (sources/debian.py, patched()).
+"""The compilers image with ccache and patch: what llvm's and bpftool's compiles run in.
+
+Their compiles go through ccache; patch(1) applies an image's patches to its sources
+(sources/debian.py, patched()).
 
 Its own image because it installs Debian packages over the network: the build steps then run
 without network (llbgen lint). Built into those images' graphs.
