@@ -337,7 +337,7 @@ def test_bpftool_from_upstream_tarballs_is_pinned_by_checksum(cli: Cli) -> None:
 
 
 @pytest.mark.buildkit
-@pytest.mark.parametrize("image", ["bpftool", "compilers", "checkpatch"])
+@pytest.mark.parametrize("image", ["bpftool", "compilers", "compilers-ccache", "checkpatch"])
 def test_structure_tests_pass_on_both_platforms(project: Cli, image: str) -> None:
     """`llbgen test IMAGE`: the image's declared checks, amd64 natively and arm64 under QEMU."""
     result = subprocess.run(
