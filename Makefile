@@ -2,9 +2,9 @@
 #
 #   make e2e-llvm      the full llvm image (clang, llc, llvm-objcopy, llvm-strip; BPF only, static)
 #                      for linux/amd64 and linux/arm64 (cross-compiled), then its structure tests
-#                      on both platforms (arm64 under QEMU). About 1.5 hours per platform on a 2-core
-#                      machine with ccache cold (README: 131.5 minutes measured, one
-#                      platform partly warm); CI runs only STAGE=configure
+#                      on both platforms (arm64 under QEMU). About two hours per platform on a
+#                      2-core machine with ccache cold (README: amd64 alone 123 minutes, both
+#                      131.5 minutes with one platform partly warm); CI runs only STAGE=configure
 #                      (tests/test_llvm.py).
 #   make e2e-maker     the maker image's structure tests on linux/amd64 and linux/arm64 (arm64's
 #                      Debian packages install under QEMU, 16 minutes cold beside the compiles: both
