@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from private_daemon import STACK, private_daemon
+from private_daemon import llbgen_env, private_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def main() -> None:
     try:
         for mode in ("cross", "emulated"):
             with private_daemon(work / mode) as address:
-                env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+                env = llbgen_env(address)
                 env.pop("PYTHONDONTWRITEBYTECODE", None)
                 start = time.perf_counter()
                 subprocess.run(

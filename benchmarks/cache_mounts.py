@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from private_daemon import STACK, private_daemon, stack_env
+from private_daemon import llbgen_env, private_daemon, stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "tests" / "data" / "cachemounts" / "images"
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=60)
     files = parser.parse_args().files
     stack = stack_env()
-    env = dict(os.environ, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    env = llbgen_env()
     registry = f"{stack['LLBGEN_REGISTRY']}/llbgen-bench/cache-mounts-{uuid.uuid4().hex[:12]}"
     print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}")
     pushed = subprocess.run(

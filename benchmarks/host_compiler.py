@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from private_daemon import STACK, stack_env
+from private_daemon import llbgen_env, stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def main() -> None:
     images = work / "images"
     shutil.copytree(ROOT / "images", images, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(Path(__file__).resolve().parent / "images" / "hostcc", images / "hostcc")
-    env = dict(os.environ, BUILDKIT_HOST=stack_env()["BUILDKIT_HOST"], LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    env = llbgen_env(stack_env()["BUILDKIT_HOST"])
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"machine: {os.cpu_count()} cores, {now}, load {os.getloadavg()[0]:.1f}")
     log = work / "build.log"

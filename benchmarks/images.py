@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from private_daemon import STACK, private_daemon
+from private_daemon import llbgen_env, private_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORMS = "linux/amd64,linux/arm64"
@@ -30,7 +30,7 @@ DEFAULT = ["hello", "checkpatch", "compilers", "compilers-ccache", "bpftool", "m
 
 
 def cold_build(image: str, address: str, dest: Path) -> float:
-    env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    env = llbgen_env(address)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "llbgen", "build", image, "--platform", PLATFORMS,

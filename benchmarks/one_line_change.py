@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from private_daemon import STACK, private_daemon, stack_env
+from private_daemon import llbgen_env, private_daemon, stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHES = Path(__file__).resolve().parent / "patches"
@@ -45,7 +45,7 @@ PLATFORMS = "linux/amd64,linux/arm64"
 
 def build(images: Path, address: str, image: str, log: Path, *extra: str) -> float:
     """Wall time of one ``llbgen --images IMAGES build IMAGE``; its log in ``log``."""
-    env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    env = llbgen_env(address)
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run(

@@ -27,6 +27,15 @@ def stack_env() -> dict[str, str]:
     return values
 
 
+def llbgen_env(address: str | None = None) -> dict[str, str]:
+    """The environment for an ``llbgen`` command on the stack's configuration (its base pins),
+    talking to ``address`` when given (else to whatever the environment names)."""
+    env = dict(os.environ, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    if address is not None:
+        env["BUILDKIT_HOST"] = address
+    return env
+
+
 @contextlib.contextmanager
 def private_daemon(state: Path) -> Iterator[str]:
     """Runs buildkitd with its state under ``state`` (made here) until the block ends; its address."""

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from oci_tarball import platform_images
-from private_daemon import STACK, private_daemon, stack_env
+from private_daemon import llbgen_env, private_daemon, stack_env
 from progress_steps import steps_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ EPOCH = "1700000000"
 
 def build(address: str, *extra: str) -> tuple[float, str, str]:
     """Wall time, progress log and metadata of one ``llbgen build bpftool`` for both platforms."""
-    env = dict(os.environ, BUILDKIT_HOST=address, LLBGEN_CONFIG=str(STACK / "llbgen.toml"))
+    env = llbgen_env(address)
     with tempfile.NamedTemporaryFile(suffix=".json") as metadata:
         start = time.perf_counter()
         proc = subprocess.run(
